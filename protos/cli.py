@@ -54,3 +54,7 @@ def main() -> None:
     except AutodpError as e:  # a user-facing error that escaped a command: no traceback
         typer.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    main()

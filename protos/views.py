@@ -46,7 +46,7 @@ __all__ = [
 PROTOCOL_VERSION = 1
 IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 Ident = Annotated[str, StringConstraints(pattern=IDENT_PATTERN)]
-ParamValue = bool | int | float | str  # str = an enum choice (an identifier)
+ParamValue = bool | int | float | Ident  # a string is always an enum choice, an identifier
 
 
 class _Frozen(BaseModel):

@@ -1,0 +1,48 @@
+"""The coordinator's YAML config (``autodp coordinator serve --config coordinator.yaml``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from protos.config import StrictModel, TLSFiles, load_yaml_model
+from protos.views import EvalSettings, Ident
+
+__all__ = ["CoordinatorConfig", "SearchConfig", "TLSFiles", "load_config"]
+
+
+class SearchConfig(StrictModel):
+    search_id: Ident = "search-1"
+    proposer: str = Field(default="random", pattern=r"^(random)$")
+    rounds: int = Field(default=5, ge=1, le=100)
+    strategies_per_round: int = Field(default=4, ge=1, le=64)
+    max_strategy_length: int = Field(default=3, ge=1, le=16)
+    seed: int = Field(default=0, ge=0)
+    settings: EvalSettings = EvalSettings()
+    min_sites: int = Field(default=1, ge=1, description="wait for this many sites' hello before round 1")
+    wait_for_sites_s: float = Field(default=120.0, gt=0)
+    round_deadline_s: float = Field(default=600.0, gt=0)
+    task_deadline_s: int = Field(default=900, ge=1, le=86_400)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    report: Path = Path("search-report.json")
+
+
+class CoordinatorConfig(StrictModel):
+    listen: str = "127.0.0.1:50051"
+    state_dir: Path = Path("coordinator-state")
+    tls: TLSFiles
+    audit_key: Path
+    party: Ident = "coordinator"
+    sites: list[Ident] = Field(description="registered site ids (the CN of each site's certificate)")
+    revoked_sites: list[Ident] = []
+    lease_s: float = Field(default=300.0, gt=0)
+    poll_wait_ms: int = Field(default=2_000, ge=0, le=30_000)
+    heartbeat_interval_ms: int = Field(default=5_000, ge=100, le=600_000)
+    max_workers: int = Field(default=16, ge=2, le=256)
+    search: SearchConfig | None = None
+    exit_when_done: bool = False
+
+
+def load_config(path: Path, **overrides: object) -> CoordinatorConfig:
+    return load_yaml_model(path, CoordinatorConfig, dict(overrides))

@@ -1,0 +1,144 @@
+"""The search loop: propose a round of strategies, send one task per site per strategy, wait for results
+(a slow or gone site does not stop the round: the round deadline does), aggregate, repeat.
+
+All state lives in the store: a coordinator killed mid-round and started again finds its rounds, tasks and
+results there and goes on without re-proposing or re-running anything (task ids are deterministic and
+enqueueing is idempotent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from coordinator.config import SearchConfig
+from coordinator.proposers import Proposer, ScoredStrategy, create_proposer
+from coordinator.report import SearchOutcome, build_outcome
+from coordinator.service import CoordinatorService
+from coordinator.store import SearchState, SiteRecord, TaskState
+from protos.catalog import check_strategy, index_catalog
+from protos.views import OperatorSpec, Strategy, Task
+
+__all__ = ["ProgressFn", "common_catalog", "run_search", "task_id_for"]
+
+log = logging.getLogger("autodp.search")
+
+ProgressFn = Callable[[int, int, int], None]  # (round_no, finished tasks, total tasks)
+FINAL = (TaskState.DONE, TaskState.FAILED)
+
+
+def task_id_for(search_id: str, round_no: int, index: int, strategy: Strategy, site_id: str) -> str:
+    raw = f"{search_id}|{round_no}|{index}|{strategy.key}|{site_id}".encode()
+    return "t-" + hashlib.sha256(raw).hexdigest()[:24]
+
+
+def common_catalog(sites: Sequence[SiteRecord]) -> list[OperatorSpec]:
+    """Operators every site offers (by name and version); the first site's bounds are proposed from and each
+    site's own catalog is checked before a task is sent to it."""
+    if not sites:
+        return []
+    first = index_catalog(sites[0].catalog)
+    shared = set(first)
+    for site in sites[1:]:
+        mine = index_catalog(site.catalog)
+        shared &= {n for n in mine if mine[n].version == first[n].version} if shared else set()
+    return [first[n] for n in sorted(shared)]
+
+
+def _wait_for_sites(service: CoordinatorService, cfg: SearchConfig, stop: threading.Event) -> list[SiteRecord]:
+    deadline = time.monotonic() + cfg.wait_for_sites_s
+    while not stop.is_set():
+        sites = [s for s in service.store.list_sites() if s.catalog]
+        if len(sites) >= cfg.min_sites or time.monotonic() >= deadline:
+            return sites
+        with service.changed:
+            service.changed.wait(timeout=0.5)
+    return []
+
+
+def _propose_valid(proposer: Proposer, round_no: int, cfg: SearchConfig, sites: Sequence[SiteRecord],
+                   history: Sequence[ScoredStrategy]) -> list[Strategy]:
+    """Ask, drop what no site could run or what was already evaluated, ask again (bounded)."""
+    catalog = common_catalog(sites)
+    catalogs = [index_catalog(s.catalog) for s in sites]
+    seen = {h.strategy.key for h in history}
+    chosen: list[Strategy] = []
+    for _attempt in range(5):
+        need = cfg.strategies_per_round - len(chosen)
+        if need <= 0:
+            break
+        known = list(history) + [ScoredStrategy(round_no, s, None) for s in chosen]
+        for s in proposer.propose(round_no, need, catalog, known):
+            if s.key in seen or any(check_strategy(s, c, cfg.max_strategy_length) for c in catalogs):
+                continue
+            seen.add(s.key)
+            chosen.append(s)
+    return chosen[: cfg.strategies_per_round]
+
+
+def _enqueue_round(service: CoordinatorService, cfg: SearchConfig, round_no: int,
+                   strategies: Sequence[Strategy], sites: Sequence[SiteRecord]) -> None:
+    deadline_s = max(1, min(cfg.task_deadline_s, int(cfg.round_deadline_s)))
+    now = service.clock()
+    for i, strategy in enumerate(strategies):
+        for site in sites:
+            if check_strategy(strategy, index_catalog(site.catalog), cfg.max_strategy_length):
+                continue  # this site cannot run it; the report shows it as not sent
+            task = Task(task_id=task_id_for(cfg.search_id, round_no, i, strategy, site.site_id),
+                        search_id=cfg.search_id, strategy=strategy, settings=cfg.settings,
+                        deadline_s=deadline_s)
+            service.store.enqueue(task, site.site_id, round_no, now, cfg.max_attempts)
+    service.notify()
+
+
+def _wait_round(service: CoordinatorService, cfg: SearchConfig, round_no: int, stop: threading.Event,
+                progress: ProgressFn | None) -> None:
+    for _ in range(1_000_000):  # bounded by the round deadline below
+        records = [r for r, _ in service.store.tasks_for_search(cfg.search_id) if r.round_no == round_no]
+        done = sum(r.state in FINAL for r in records)
+        if progress:
+            progress(round_no, done, len(records))
+        started = min((r.created for r in records), default=service.clock())
+        if done == len(records) or stop.is_set() or service.clock() > started + cfg.round_deadline_s:
+            return
+        service.store.expire_leases(service.clock())
+        with service.changed:
+            service.changed.wait(timeout=0.5)
+
+
+def run_search(service: CoordinatorService, cfg: SearchConfig, stop: threading.Event,
+               progress: ProgressFn | None = None) -> SearchOutcome:
+    store = service.store
+    if store.create_search(cfg.search_id, cfg.model_dump_json(), service.clock()):
+        log.info("search %s started", cfg.search_id)
+    else:
+        log.info("search %s resumed from the store", cfg.search_id)
+    proposer = create_proposer(cfg.proposer, seed=cfg.seed, max_length=cfg.max_strategy_length)
+    existing = dict(store.get_rounds(cfg.search_id))
+    sites = _wait_for_sites(service, cfg, stop)
+    reason = "completed all rounds"
+    history: list[ScoredStrategy] = []
+    for round_no in range(1, cfg.rounds + 1):
+        if stop.is_set():
+            reason = "stopped"
+            break
+        sites = [s for s in store.list_sites() if s.catalog] or sites
+        strategies = existing.get(round_no)
+        if strategies is None:
+            strategies = _propose_valid(proposer, round_no, cfg, sites, history)
+            if not strategies:
+                reason = f"round {round_no}: no new valid strategy could be proposed"
+                break
+            store.add_round(cfg.search_id, round_no, strategies)
+        _enqueue_round(service, cfg, round_no, strategies, sites)
+        _wait_round(service, cfg, round_no, stop, progress)
+        outcome = build_outcome(store, cfg.search_id)
+        history = [ScoredStrategy(o.round_no, o.strategy, o.aggregate) for o in outcome.strategies]
+    outcome: SearchOutcome = build_outcome(store, cfg.search_id)
+    if not stop.is_set():
+        store.set_search_state(cfg.search_id, SearchState.DONE, reason)
+    return outcome.with_reason(reason if not stop.is_set() else "stopped")
+

@@ -1,0 +1,42 @@
+"""The site agent's YAML config (``autodp site run --config site.yaml``). Defaults run on a laptop CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from protos.config import StrictModel, TLSFiles, load_yaml_model
+from protos.views import EvaluatorKind, Ident
+
+__all__ = ["DataConfig", "SiteConfig", "load_config"]
+
+
+class DataConfig(StrictModel):
+    path: Path
+    instruction_field: str = Field(default="instruction", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    answer_field: str = Field(default="answer", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class SiteConfig(StrictModel):
+    site_id: Ident = Field(description="must equal the CN of this site's certificate")
+    coordinator: str = Field(default="127.0.0.1:50051", description="host:port the site dials out to")
+    coordinator_party: Ident = Field(default="coordinator", description="the coordinator's name in our audit log")
+    tls_server_name: str | None = Field(
+        default=None, description="name to check in the coordinator's certificate (default: the host)")
+    tls: TLSFiles
+    audit_key: Path
+    state_dir: Path = Path("site-state")
+    policy: Path
+    data: DataConfig
+    evaluator: EvaluatorKind = EvaluatorKind.QUALITY_PROXY
+    score_grid: float = Field(default=1e-4, gt=0, le=1.0,
+                              description="released scores are rounded to this grid")
+    rpc_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    poll_wait_ms: int = Field(default=2_000, ge=0, le=30_000)
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=15.0, gt=0)
+
+
+def load_config(path: Path, **overrides: object) -> SiteConfig:
+    return load_yaml_model(path, SiteConfig, dict(overrides))

@@ -23,7 +23,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from protos.audit import cross_check, verify
+from protos.audit import cross_check, load_verify_key, verify
 from protos.errors import AuditVerificationError
 from protos.tls import init_ca, issue_coordinator, issue_site
 
@@ -134,8 +134,6 @@ def check_audit_logs(workdir: Path, site_ids: list[str]) -> dict[str, Any]:
     for name, path, key in [("coordinator", coord_log, workdir / "certs" / "coordinator.audit.pub")] + [
             (s, workdir / s / "state" / "audit.log", workdir / "certs" / f"site-{s}.audit.pub") for s in site_ids]:
         try:
-            from protos.audit import load_verify_key
-
             rep = verify(path, load_verify_key(key))
             out["verify"][name] = {"ok": True, "entries": rep.entries}
         except AuditVerificationError as e:
@@ -143,7 +141,8 @@ def check_audit_logs(workdir: Path, site_ids: list[str]) -> dict[str, Any]:
     for s in site_ids:
         try:
             cc = cross_check(workdir / s / "state" / "audit.log", coord_log)
-            out["cross_check"][s] = {"ok": cc.ok, "matched": cc.matched, "unmatched": len(cc.unmatched)}
+            out["cross_check"][s] = {"ok": cc.ok, "matched": cc.site_to_coordinator + cc.coordinator_to_site,
+                                     "unmatched": len(cc.unmatched), "undelivered": cc.undelivered}
         except AuditVerificationError as e:
             out["cross_check"][s] = {"ok": False, "error": str(e)}
     return out

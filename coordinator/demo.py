@@ -152,7 +152,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     rep = summary["report"]
     table = Table(title=f"Search {rep['search_id']}: {rep['stopped_because']}")
     table.add_column("round")
-    table.add_column("strategy")
+    table.add_column("strategy (operators; parameters in the JSON report)", overflow="fold")
     table.add_column("score (all sites)", justify="right")
     for site in summary["sites"]:
         table.add_column(site, justify="right")
@@ -163,14 +163,18 @@ def print_summary(summary: dict[str, Any]) -> None:
             r = s["sites"].get(site)
             cells.append("-" if r is None else (f"{r['score']:+.4f}" if r["score"] is not None
                                                else str(r["status"] or r["state"])))
-        table.add_row(str(s["round"]), s["strategy"], agg, *cells)
+        ops = " -> ".join(c["op"] for c in s["calls"]) or "(no processing)"
+        table.add_row(str(s["round"]), ops, agg, *cells)
     console.print(table)
     if rep["best"]:
-        console.print(f"[bold]Best strategy overall:[/bold] {rep['best']['strategy']} "
-                      f"(score {rep['best']['aggregate_score']:+.4f} vs. no processing)")
+        console.print(f"[bold]Best strategy overall[/bold] ({rep['best']['key']}, score "
+                      f"{rep['best']['aggregate_score']:+.4f} vs. no processing, mean over sites weighted by size):")
+        for call in rep["best"]["calls"]:
+            params = ", ".join(f"{k}={v}" for k, v in call["params"].items())
+            console.print(f"  {call['op']}({params})")
     for site, best in rep["best_per_site"].items():
         console.print(f"  best at {site}: " + ("none" if best is None else
-                                                f"{best['strategy']} ({best['score']:+.4f})"))
+                                                f"strategy {best['key']} ({best['score']:+.4f})"))
     console.print("\n[bold]Audit logs[/bold] (signed, hash-chained, one per party):")
     for name, v in summary["audit"]["verify"].items():
         console.print(f"  {name}: " + (f"verified, {v['entries']} entries" if v["ok"] else f"FAILED: {v['error']}"))
@@ -178,7 +182,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print(f"  {site} vs coordinator: " + (
             f"cross-check ok, {c['matched']} messages matched 1:1" if c.get("ok") else f"MISMATCH {c}"))
     wd = summary["workdir"]
-    console.print(f"\nEverything is under {wd}/. Try: autodp audit show {wd}/hospital-a/state/audit.log")
+    console.print(f"\nEverything is under {wd}/ (search report: {wd}/search-report.json).")
+    console.print(f"See what left a site: autodp audit show {wd}/{summary['sites'][0]}/state/audit.log")
 
 
 @app.command("run")

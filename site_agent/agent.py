@@ -35,7 +35,7 @@ from site_agent.data.loading import load_pairs
 from site_agent.evaluation.base import create_evaluator
 from site_agent.executor import run_strategy
 from site_agent.operators.base import Batch
-from site_agent.policy import Policy, check_task, load_policy, published_catalog
+from site_agent.policy import Policy, apply_policy_defaults, check_task, load_policy, published_catalog
 from site_agent.release import quantize
 from site_agent.results import ResultStore
 
@@ -77,6 +77,7 @@ class TaskRunner:
             return self._reject(raw.task_id, TaskStatus.REJECTED_UNEXPECTED_FIELD, str(e))
         except MalformedMessage as e:
             return self._reject(raw.task_id, TaskStatus.REJECTED_MALFORMED, str(e))
+        task = task.model_copy(update={"strategy": apply_policy_defaults(task.strategy, self.policy)})
         problems = check_task(task, self.policy)
         if problems:
             return self._reject(task.task_id, problems[0].status, "; ".join(p.reason for p in problems))

@@ -66,7 +66,7 @@ def catalog(config: Path = CONFIG) -> None:
 
 @app.command("make-toy-data")
 def make_toy_data(out: Path = typer.Option(..., help="JSONL file to write"),
-                  n: int = typer.Option(300, min=10, max=100_000), seed: int = typer.Option(0, min=0),
+                  n: int = typer.Option(300, min=10, max=10_512), seed: int = typer.Option(0, min=0),
                   noise_rate: float = typer.Option(0.3, min=0.0, max=0.9)) -> None:
     """Write the TOY placeholder dataset (template QA pairs with injected noise) used by the demo until the
     real medical benchmark builder lands."""

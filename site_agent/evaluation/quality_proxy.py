@@ -1,0 +1,145 @@
+"""A cheap, rule-based data-quality proxy: the fast evaluator, NOT the LoRA evaluator.
+
+It trains nothing and knows nothing about medicine; it only asks whether each row shows one of a few
+well-known defects of instruction-tuning data. It is meant for demos, tests and quick smoke searches;
+the LoRA evaluator (same interface) measures what actually matters, a model trained on the data.
+
+A row is *defective* when any of these independent checks fires (on instruction or answer):
+
+- ``markup``      an HTML/XML tag (``<p>``, ``</div>``, ``<br/>``) or a character entity (``&amp;``,
+                  ``&#8217;``) is left in the text
+- ``garbled``     a control character (other than newline/tab), the replacement character U+FFFD, or a
+                  mojibake pair such as ``Ã©``, ``Â°`` or ``â€`` (UTF-8 read as cp1252/latin-1)
+- ``whitespace``  unnormalised whitespace: doubled spaces, tabs, carriage returns, no-break or
+                  zero-width spaces, three or more line breaks, spaces around a line break, or
+                  untrimmed ends
+- ``short``       an instruction under 3 characters, or an answer under ``min_answer_chars`` characters
+                  or with fewer than 2 words (empty and truncated answers)
+- ``repetition``  a loop in the answer: one word 4+ times in a row, or at least ``min_repeats`` copies of
+                  one word 3-gram making up a ``max_repeated_share`` or more of all its 3-grams
+- ``duplicate``   the same pair as an earlier row of the same batch, ignoring case and whitespace
+
+Score. With ``n_raw`` rows before processing and, after it, ``good`` non-defective and ``kept`` rows::
+
+    quality(batch) = (good / n_raw) * (good / kept)        (0 when nothing is kept)
+    score          = quality(processed) - quality(raw)     in [-1, 1] when no rows are added
+
+The first factor is how much usable data survives (recall), the second how clean what survives is
+(precision). So dropping only defective rows raises the score (precision goes to 1, recall stays),
+repairing a defective row in place raises it more (both grow), dropping clean rows lowers it, and
+dropping everything scores ``-quality(raw) <= 0``: it never wins. The metric is ``Metric.QUALITY_PROXY``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from protos.views import EvalSettings, EvaluatorKind, Metric
+from site_agent.errors import EvaluationError
+from site_agent.evaluation.base import EvalOutcome, register_evaluator
+from site_agent.operators.base import Batch, batch_size
+
+__all__ = ["CHECKS", "ProxyOptions", "QualityProxyEvaluator", "quality", "row_defects"]
+
+CHECKS = ("markup", "garbled", "whitespace", "short", "repetition", "duplicate")
+
+_MARKUP = re.compile(
+    r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>|<!--"
+    r"|&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});"
+)
+# Independent of the normalize_text operator on purpose: a handful of tell-tale pairs, not a repair.
+_GARBLED = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]|[ÃÂ][\u00a0-\u00bf]|â€|Ã[\u0080-\u009f]")
+_WHITESPACE = re.compile(r"[ \t]{2,}|[\t\r\u00a0\u200b\u200c\u200d\u2060\ufeff]|\n{3,}|[ ]\n|\n[ ]|^\s|\s$")
+
+
+@dataclass(frozen=True)
+class ProxyOptions:
+    """Thresholds of the checks; the defaults suit short QA answers."""
+
+    min_answer_chars: int = 20
+    min_repeats: int = 3
+    max_repeated_share: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.min_answer_chars < 0 or self.min_repeats < 2 or not 0.0 < self.max_repeated_share <= 1.0:
+            raise EvaluationError("quality proxy options out of range")
+
+
+def _repetitive(answer: str, min_repeats: int, max_repeated_share: float) -> bool:
+    words = answer.casefold().split()
+    run = 1
+    for prev, cur in zip(words, words[1:], strict=False):
+        run = run + 1 if cur == prev else 1
+        if run >= 4:
+            return True
+    grams = Counter(zip(words, words[1:], words[2:], strict=False))
+    total = sum(grams.values())
+    if not total:
+        return False
+    top = max(grams.values())
+    repeated = sum(c for c in grams.values() if c > 1)
+    return top >= min_repeats and repeated / total >= max_repeated_share
+
+
+def row_defects(batch: Batch, options: ProxyOptions = ProxyOptions()) -> list[set[str]]:
+    """The defect checks that fire for each row (an empty set means the row is fine)."""
+    n = batch_size(batch)
+    seen: set[tuple[str, str]] = set()
+    out: list[set[str]] = []
+    for i in range(n):
+        q, a = batch["instruction"][i], batch["answer"][i]
+        found: set[str] = set()
+        if _MARKUP.search(q) or _MARKUP.search(a):
+            found.add("markup")
+        if _GARBLED.search(q) or _GARBLED.search(a):
+            found.add("garbled")
+        if _WHITESPACE.search(q) or _WHITESPACE.search(a):
+            found.add("whitespace")
+        if len(q.strip()) < 3 or len(a.strip()) < options.min_answer_chars or len(a.split()) < 2:
+            found.add("short")
+        if _repetitive(a, options.min_repeats, options.max_repeated_share):
+            found.add("repetition")
+        key = (" ".join(q.casefold().split()), " ".join(a.casefold().split()))
+        if key in seen:
+            found.add("duplicate")
+        seen.add(key)
+        out.append(found)
+    return out
+
+
+def quality(batch: Batch, n_raw: int, options: ProxyOptions = ProxyOptions()) -> float:
+    """(good / n_raw) * (good / kept); see the module docstring."""
+    if n_raw <= 0:
+        raise EvaluationError("quality needs a positive raw row count")
+    defects = row_defects(batch, options)
+    kept = len(defects)
+    if kept == 0:
+        return 0.0
+    good = sum(1 for d in defects if not d)
+    return (good / n_raw) * (good / kept)
+
+
+class QualityProxyEvaluator:
+    """Scores processed data against raw data with :func:`quality`; deterministic, CPU, milliseconds."""
+
+    kind: EvaluatorKind = EvaluatorKind.QUALITY_PROXY
+
+    def __init__(self, min_answer_chars: int = 20, min_repeats: int = 3,
+                 max_repeated_share: float = 0.3) -> None:
+        self.options = ProxyOptions(min_answer_chars, min_repeats, max_repeated_share)
+
+    def evaluate(self, processed: Batch, raw: Batch, settings: EvalSettings) -> EvalOutcome:
+        if settings.evaluator is not EvaluatorKind.QUALITY_PROXY or settings.metric is not Metric.QUALITY_PROXY:
+            raise EvaluationError("the quality proxy evaluator only reports the quality_proxy metric")
+        start = time.perf_counter()
+        n_raw = batch_size(raw)
+        if n_raw == 0:
+            raise EvaluationError("cannot score against an empty raw batch")
+        score = quality(processed, n_raw, self.options) - quality(raw, n_raw, self.options)
+        return EvalOutcome(score=score, metric=Metric.QUALITY_PROXY, seconds=time.perf_counter() - start)
+
+
+register_evaluator(EvaluatorKind.QUALITY_PROXY, QualityProxyEvaluator)

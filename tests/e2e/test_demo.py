@@ -1,0 +1,56 @@
+"""The whole system as separate processes on 127.0.0.1: `autodp demo run` provisions fresh certificates,
+starts a coordinator and two site agents, runs a small search to completion, stops them; then the audit
+logs are checked here again through the public CLI, as an auditor would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def autodp(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "protos.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_two_sites_search_and_audit(tmp_path: Path) -> None:
+    wd = tmp_path / "demo"
+    run = autodp("demo", "run", "--workdir", str(wd), "--sites", "2", "--rounds", "2", "--k", "3",
+                 "--samples", "200", "--timeout", "240")
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads((wd / "demo-summary.json").read_text())
+    assert all(code == 0 for code in summary["exit_codes"].values()), summary["exit_codes"]
+
+    report = json.loads((wd / "search-report.json").read_text())
+    assert report["stopped_because"] == "completed all rounds"
+    assert len(report["strategies"]) == 6
+    for s in report["strategies"]:
+        assert set(s["sites"]) == {"hospital-a", "hospital-b"}
+        assert all(r["status"] == "ok" for r in s["sites"].values())
+    assert report["best"] is not None and report["best"]["aggregate_score"] == max(
+        s["aggregate_score"] for s in report["strategies"])
+
+    coord_log = wd / "coordinator-state" / "audit.log"
+    for party, log in [("coordinator", coord_log), ("site-hospital-a", wd / "hospital-a/state/audit.log"),
+                       ("site-hospital-b", wd / "hospital-b/state/audit.log")]:
+        v = autodp("audit", "verify", str(log), "--key", str(wd / "certs" / f"{party}.audit.pub"))
+        assert v.returncode == 0, v.stdout + v.stderr
+    for site in ("hospital-a", "hospital-b"):
+        cc = autodp("audit", "cross-check", str(wd / site / "state/audit.log"), str(coord_log))
+        assert cc.returncode == 0, cc.stdout + cc.stderr
+    shown = autodp("audit", "show", str(wd / "hospital-a/state/audit.log"))
+    assert shown.returncode == 0 and "score" in shown.stdout
+
+    # the coordinator's side holds no training text: none of the site's rows appear in anything it wrote
+    rows = [json.loads(line) for line in (wd / "hospital-a" / "train.jsonl").read_text().splitlines()]
+    coordinator_bytes = b"".join(p.read_bytes() for p in (wd / "coordinator-state").iterdir() if p.is_file())
+    coordinator_bytes += (wd / "search-report.json").read_bytes() + (wd / "logs" / "coordinator.log").read_bytes()
+    for row in rows[:50]:
+        for text in (row["instruction"], row["answer"]):
+            if len(text) >= 12:
+                assert text.encode() not in coordinator_bytes

@@ -38,7 +38,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "protos.cli", *args]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -80,7 +80,19 @@ def provision(workdir: Path, site_ids: list[str], rounds: int, k: int, samples: 
                    "report": "search-report.json"}})
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+def start_coordinator(config: Path, logs: Path) -> subprocess.Popen[bytes]:
+    with (logs / "coordinator.log").open("ab") as out:
+        return subprocess.Popen(_cli("coordinator", "serve", "--config", str(config)),
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def start_site(workdir: Path, site: str, logs: Path) -> subprocess.Popen[bytes]:
+    with (logs / f"{site}.log").open("ab") as out:
+        return subprocess.Popen(_cli("site", "run", "--config", str(workdir / site / "site.yaml")),
+                                stdout=out, stderr=subprocess.STDOUT, cwd=workdir / site)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -96,20 +108,13 @@ def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeo
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     site_ids = [f"hospital-{chr(ord('a') + i)}" for i in range(sites)]
-    port = _free_port()
+    port = free_port()
     coord_cfg = provision(workdir, site_ids, rounds, k, samples, port)
     report = workdir / "search-report.json"
     logs = workdir / "logs"
     logs.mkdir()
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    with (logs / "coordinator.log").open("wb") as out:
-        procs["coordinator"] = subprocess.Popen(_cli("coordinator", "serve", "--config", str(coord_cfg)),
-                                                stdout=out, stderr=subprocess.STDOUT)
-    for site in site_ids:
-        with (logs / f"{site}.log").open("wb") as out:
-            procs[site] = subprocess.Popen(
-                _cli("site", "run", "--config", str(workdir / site / "site.yaml")),
-                stdout=out, stderr=subprocess.STDOUT, cwd=workdir / site)
+    procs = {"coordinator": start_coordinator(coord_cfg, logs)}
+    procs.update({site: start_site(workdir, site, logs) for site in site_ids})
     deadline = time.monotonic() + timeout_s
     try:
         with console.status("search running: coordinator and sites working on 127.0.0.1 ...") as status:
@@ -122,8 +127,8 @@ def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeo
                 time.sleep(0.5)
     finally:
         # sites first, so that nothing is in flight when the coordinator stops and the logs cross-match
-        codes = {n: _stop(p) for n, p in procs.items() if n != "coordinator"}
-        codes["coordinator"] = _stop(procs["coordinator"])
+        codes = {n: stop_process(p) for n, p in procs.items() if n != "coordinator"}
+        codes["coordinator"] = stop_process(procs["coordinator"])
     return {"workdir": str(workdir), "sites": site_ids, "exit_codes": codes,
             "report": json.loads(report.read_text()), "audit": check_audit_logs(workdir, site_ids)}
 

@@ -19,6 +19,7 @@ import os
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -441,14 +442,22 @@ def cross_check(site_log: Path, coord_log: Path, *, site_key: Ed25519PublicKey |
 
     up, up_missing = _match(msgs(site, "out"), msgs(coord, "in", party), "site", "coordinator")
     down, down_missing = _match(msgs(coord, "out", party), msgs(site, "in"), "coordinator", "site")
-    # A send the site itself marked undelivered explains its own absence at the coordinator. A call that
-    # failed after reaching the coordinator (deadline, cut link) explains at most one reply the site never
-    # got; only as many unmatched coordinator replies are excused as there are such markers.
+    # A send the site itself marked undelivered explains one absence at the coordinator of an identical
+    # message (same type and bytes: retries of one message are interchangeable, so this counts per message,
+    # not per position). A marked call that did reach the coordinator (a deadline, a cut link, a crash
+    # before the reply) explains at most one coordinator reply the site never got.
+    def key(e: Entry) -> str:
+        return f"{e.msg_type}:{e.sha256}"
+
     markers = [e for e in site.entries if e.kind == "undelivered"]
-    refs = {e.ref for e in markers}
-    missing_refs = {u.index for u in up_missing if u.log == "site"}
-    undelivered = [u for u in up_missing if u.log == "site" and u.index in refs]
-    reached = sum(1 for e in markers if e.ref not in missing_refs)
+    budget = Counter(key(site.entries[m.ref]) for m in markers)
+    undelivered = []
+    for u in up_missing:
+        k = key(site.entries[u.index]) if u.log == "site" else ""
+        if budget[k] > 0:
+            budget[k] -= 1
+            undelivered.append(u)
+    reached = len(markers) - len(undelivered)
     lost = [u for u in down_missing if u.log == "coordinator"][:reached]
     explained = {id(u) for u in undelivered + lost}
     unmatched = sorted((u for u in up_missing + down_missing if id(u) not in explained),

@@ -31,6 +31,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check coordinator site_agent protos tests
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy coordinator site_agent protos
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -135,8 +135,8 @@ def run_search(service: CoordinatorService, cfg: SearchConfig, stop: threading.E
             store.add_round(cfg.search_id, round_no, strategies)
         _enqueue_round(service, cfg, round_no, strategies, sites)
         _wait_round(service, cfg, round_no, stop, progress)
-        outcome = build_outcome(store, cfg.search_id)
-        history = [ScoredStrategy(o.round_no, o.strategy, o.aggregate) for o in outcome.strategies]
+        so_far = build_outcome(store, cfg.search_id)
+        history = [ScoredStrategy(o.round_no, o.strategy, o.aggregate) for o in so_far.strategies]
     outcome: SearchOutcome = build_outcome(store, cfg.search_id)
     if not stop.is_set():
         store.set_search_state(cfg.search_id, SearchState.DONE, reason)

@@ -110,7 +110,8 @@ def start_server(cfg: CoordinatorConfig) -> CoordinatorServer:
                                  heartbeat_interval_ms=cfg.heartbeat_interval_ms)
     registry = SiteRegistry(cfg.sites, cfg.revoked_sites)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers), options=SERVER_OPTIONS)
-    pb_grpc.add_FederationServicer_to_server(FederationServicer(service, registry, audit), server)
+    pb_grpc.add_FederationServicer_to_server(  # type: ignore[no-untyped-call]
+        FederationServicer(service, registry, audit), server)
     port = server.add_secure_port(cfg.listen, creds)
     if port == 0:
         audit.close()

@@ -57,7 +57,7 @@ class UnexpectedField(MalformedMessage):
 
 
 # enum <-> proto enum numbers, by name convention: Team.CLEANING <-> TEAM_CLEANING.
-def _enum_to_pb(prefix: str, value: Any) -> int:
+def _enum_to_pb(prefix: str, value: Any) -> Any:  # a pb enum number
     return int(pb.DESCRIPTOR.enum_types_by_name[_ENUM_PB[prefix]].values_by_name[
         f"{prefix}_{value.name}"].number)
 
@@ -89,8 +89,8 @@ _SIZE_NAMES = {
 }
 
 
-def _size_to_pb(b: SizeBucket) -> int:
-    return int(pb.SizeBucket.Value(f"SIZE_BUCKET_{_SIZE_NAMES[b]}"))
+def _size_to_pb(b: SizeBucket) -> Any:
+    return (pb.SizeBucket.Value(f"SIZE_BUCKET_{_SIZE_NAMES[b]}"))
 
 
 def _size_from_pb(n: int) -> SizeBucket:

@@ -153,12 +153,13 @@ class ParamSpec(_Frozen):
 
     @property
     def default(self) -> ParamValue:
-        return {
-            ParamType.INT: self.int_default,
-            ParamType.FLOAT: self.float_default,
-            ParamType.BOOL: self.bool_default,
-            ParamType.ENUM: self.enum_default,
-        }[self.type]
+        if self.type is ParamType.INT:
+            return self.int_default
+        if self.type is ParamType.FLOAT:
+            return self.float_default
+        if self.type is ParamType.BOOL:
+            return self.bool_default
+        return self.enum_default
 
     def check(self, value: object) -> str | None:
         """Return why ``value`` is not valid for this parameter, or None. Never echoes the value

@@ -39,7 +39,7 @@ log = logging.getLogger("autodp.site")
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
              grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
 
-CHANNEL_OPTIONS = [
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -78,11 +78,11 @@ class CoordinatorClient:
     def __init__(self, cfg: SiteConfig, audit: AuditLog) -> None:
         self.cfg, self.audit = cfg, audit
         creds = channel_credentials(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
-        options = list(CHANNEL_OPTIONS)
+        options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
         if cfg.tls_server_name:
             options.append(("grpc.ssl_target_name_override", cfg.tls_server_name))
         self.channel = grpc.secure_channel(cfg.coordinator, creds, options=options)
-        self.stub = pb_grpc.FederationStub(self.channel)
+        self.stub = pb_grpc.FederationStub(self.channel)  # type: ignore[no-untyped-call]
 
     def _call(self, method: Callable[..., Message], view: Any, timeout_s: float, parse: bool = True) -> Any:
         request = to_pb(view)

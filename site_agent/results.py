@@ -32,7 +32,10 @@ class ResultStore:
     def get(self, task_id: str) -> ResultReport | None:
         with self._lock:
             row = self._db.execute("SELECT report FROM results WHERE task_id=?", (task_id,)).fetchone()
-        return None if row is None else from_pb(decode(pb.ResultReport, row[0]))  # type: ignore[no-any-return]
+        if row is None:
+            return None
+        report: ResultReport = from_pb(decode(pb.ResultReport, row[0]))
+        return report
 
     def put(self, report: ResultReport) -> ResultReport:
         """Store the first result for a task; return the stored one (a repeat never overwrites)."""

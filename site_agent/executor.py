@@ -10,6 +10,7 @@ import logging
 
 from protos.views import Strategy
 from site_agent.operators.base import Batch, StepStats, batch_size
+from site_agent.operators.context import RunContext
 from site_agent.operators.registry import create_operator
 
 __all__ = ["run_strategy"]
@@ -17,12 +18,14 @@ __all__ = ["run_strategy"]
 log = logging.getLogger(__name__)
 
 
-def run_strategy(batch: Batch, strategy: Strategy) -> tuple[Batch, list[StepStats]]:
+def run_strategy(batch: Batch, strategy: Strategy,
+                 context: RunContext | None = None) -> tuple[Batch, list[StepStats]]:
     """The processed batch and one StepStats per call. Raises OperatorError (unknown operator, bad
-    params, a failing step) or DataError (a malformed batch)."""
+    params, a capability the site lacks, a failing step) or DataError (a malformed batch)."""
     batch_size(batch)
-    # Build every operator first: a bad call fails before any step has run.
-    operators = [create_operator(call.op, call.kwargs) for call in strategy.calls]
+    ctx = context or RunContext()
+    # Build and bind every operator first: a bad call fails before any step has run.
+    operators = [create_operator(call.op, call.kwargs).bind(ctx) for call in strategy.calls]
     stats: list[StepStats] = []
     for op in operators:
         batch, step = op.run(batch)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from protos.views import Team
 from site_agent.errors import DataError, OperatorError, SiteError
+from site_agent.operators.context import RunContext
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -70,11 +71,22 @@ class Operator(ABC):
     team: ClassVar[Team]
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]]
+    # What the operator needs from its RunContext: any of "embedder", "llm", "screener".
+    requires: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: BaseModel) -> None:
         if not isinstance(params, type(self).Params):
             raise OperatorError(f"operator '{self.name}' got params of the wrong model")
         self.params = params
+        self.context = RunContext()
+
+    def bind(self, context: RunContext) -> Operator:
+        """Give the operator the task's context; fails if it lacks something the operator requires."""
+        missing = self.requires - context.provides()
+        if missing:
+            raise OperatorError(f"operator '{self.name}' needs {sorted(missing)}, not configured at this site")
+        self.context = context
+        return self
 
     @abstractmethod
     def apply(self, batch: Batch) -> tuple[Batch, list[bool]]:

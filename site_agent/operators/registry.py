@@ -143,7 +143,11 @@ def registered_operators() -> dict[str, type[Operator]]:
     """All available operators by name: the built-ins plus entry-point plugins (loaded once)."""
     global _loaded
     if not _loaded:
-        import site_agent.operators.cleaning  # noqa: F401  (registers the built-ins on import)
+        # importing the team packages registers the built-ins
+        import site_agent.operators.cleaning  # noqa: F401
+        import site_agent.operators.generation  # noqa: F401
+        import site_agent.operators.optimization  # noqa: F401
+        import site_agent.operators.selection  # noqa: F401
 
         load_plugins()
         _loaded = True

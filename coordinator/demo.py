@@ -110,11 +110,18 @@ def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeo
     site_ids = [f"hospital-{chr(ord('a') + i)}" for i in range(sites)]
     port = free_port()
     coord_cfg = provision(workdir, site_ids, rounds, k, samples, port)
+    console.print(f"[bold]1.[/bold] Provisioned a federation CA and certificates for the coordinator and "
+                  f"{', '.join(site_ids)} (mutual TLS, Ed25519 audit keys) in {workdir / 'certs'}")
+    console.print(f"[bold]2.[/bold] Each site has {samples} private training pairs of its own (TOY placeholder "
+                  "data with injected noise); they never leave the site's folder")
     report = workdir / "search-report.json"
     logs = workdir / "logs"
     logs.mkdir()
     procs = {"coordinator": start_coordinator(coord_cfg, logs)}
     procs.update({site: start_site(workdir, site, logs) for site in site_ids})
+    console.print(f"[bold]3.[/bold] Started the coordinator and {len(site_ids)} site agents as separate "
+                  f"processes on 127.0.0.1:{port}: {rounds} rounds x {k} strategies, random-search proposer; "
+                  f"process logs in {logs}")
     deadline = time.monotonic() + timeout_s
     try:
         with console.status("search running: coordinator and sites working on 127.0.0.1 ...") as status:
@@ -129,6 +136,7 @@ def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeo
         # sites first, so that nothing is in flight when the coordinator stops and the logs cross-match
         codes = {n: stop_process(p) for n, p in procs.items() if n != "coordinator"}
         codes["coordinator"] = stop_process(procs["coordinator"])
+    console.print("[bold]4.[/bold] Search finished; stopped all processes; checking the audit logs\n")
     return {"workdir": str(workdir), "sites": site_ids, "exit_codes": codes,
             "report": json.loads(report.read_text()), "audit": check_audit_logs(workdir, site_ids)}
 

@@ -18,6 +18,20 @@ class DataConfig(StrictModel):
     answer_field: str = Field(default="answer", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+class CacheConfig(StrictModel):
+    dir: Path = Path("cache")  # embeddings and intermediate datasets (CRM); derived data, stays on site
+    budget_mb: int = Field(default=2048, ge=1, le=10_000_000)
+
+
+class ScreeningConfig(StrictModel):
+    """Processing Target Selection: a classifier of rows that need processing, trained at start-up."""
+
+    model_dir: Path = Path("screening")
+    label_column: str | None = Field(
+        default="label", description="column whose value 'clean' marks a clean row; heuristics when absent")
+    retrain: bool = False
+
+
 class SiteConfig(StrictModel):
     site_id: Ident = Field(description="must equal the CN of this site's certificate")
     coordinator: str = Field(default="127.0.0.1:50051", description="host:port the site dials out to")
@@ -29,6 +43,13 @@ class SiteConfig(StrictModel):
     state_dir: Path = Path("site-state")
     policy: Path
     data: DataConfig
+    eval_data: DataConfig | None = Field(default=None, description="the site's clean held-out evaluation set")
+    embedder: str | None = Field(default="use-m3", description="sentence embedder for DPS, screening and "
+                                 "embedding-based operators; null disables them")
+    cache: CacheConfig = CacheConfig()
+    screening: ScreeningConfig | None = ScreeningConfig()
+    llm: dict[str, object] | None = Field(
+        default=None, description="site-local LLM for generation/optimization operators (see site_agent.llm)")
     evaluator: EvaluatorKind = EvaluatorKind.QUALITY_PROXY
     score_grid: float = Field(default=1e-4, gt=0, le=1.0,
                               description="released scores are rounded to this grid")

@@ -1,18 +1,9 @@
-"""Score release. For now: rounding to a grid, so a released score carries no more precision than the
-site chose to give. The privacy ledger and optional noise (Laplace/Gaussian) join here."""
+"""Score release, kept as the agent's import point. The implementation lives in
+:mod:`site_agent.privacy.release` (clip -> noise -> quantize) and :mod:`site_agent.privacy.ledger`
+(the epsilon ledger that must debit a task before its score is released)."""
 
 from __future__ import annotations
 
-import math
+from site_agent.privacy.release import quantize, release_score
 
-__all__ = ["quantize"]
-
-
-def quantize(score: float, grid: float) -> float:
-    if not math.isfinite(score):
-        raise ValueError("score must be finite")
-    if grid <= 0:
-        raise ValueError("grid must be positive")
-    steps = round(score / grid)
-    # round() again to strip binary noise such as 0.30000000000000004 from the released number
-    return round(steps * grid, max(0, -math.floor(math.log10(grid))) + 2)
+__all__ = ["quantize", "release_score"]

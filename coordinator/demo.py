@@ -24,14 +24,15 @@ from rich.console import Console
 from rich.table import Table
 
 from protos.audit import cross_check, load_verify_key, verify
-from protos.errors import AuditVerificationError
+from protos.errors import AuditError
 from protos.tls import init_ca, issue_coordinator, issue_site
 
 app = typer.Typer(help="Run the end-to-end demo on localhost.", no_args_is_help=True)
 console = Console(stderr=False)
 
-DEMO_OPERATORS = ["remove_markup", "normalize_text", "length_filter", "exact_dedup"]
-NOISE = [0.2, 0.35, 0.5, 0.3, 0.4, 0.25, 0.45, 0.15]
+DEMO_OPERATORS = ["remove_markup", "normalize_text", "length_filter", "exact_dedup", "redact_identifiers",
+                  "special_char_filter", "ngram_repetition_filter", "minhash_dedup", "qa_mismatch_filter",
+                  "screening_threshold", "diversity_select", "length_balanced_topk"]
 
 
 def _cli(*args: str) -> list[str]:
@@ -49,18 +50,20 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def provision(workdir: Path, site_ids: list[str], rounds: int, k: int, samples: int, port: int) -> Path:
+def provision(workdir: Path, site_ids: list[str], rounds: int, k: int, samples: int, port: int,
+              sample_rate_permille: int = 200) -> Path:
     """Create certificates, data, policy and configs; return the coordinator's config path."""
     certs = workdir / "certs"
     init_ca(certs)
     issue_coordinator(certs)
-    for i, site in enumerate(site_ids):
+    # Every site's private data: its part of the PyCMeKG medical QA benchmark (built here for the demo; a real
+    # hospital points its config at its own files).
+    subprocess.run(_cli("data", "build-benchmark", "--out", str(workdir / "benchmark"), "--sites",
+                        str(len(site_ids)), "--pairs", str(samples * len(site_ids)), "--eval-per-site", "100"),
+                   check=True, stdout=subprocess.DEVNULL)
+    for site in site_ids:
         issue_site(certs, site)
-        data = workdir / site / "train.jsonl"
-        data.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(_cli("site", "make-toy-data", "--out", str(data), "--n", str(samples),
-                            "--seed", str(i), "--noise-rate", str(NOISE[i % len(NOISE)])),
-                       check=True, stdout=subprocess.DEVNULL)
+        (workdir / site).mkdir(parents=True, exist_ok=True)
         policy = _write_yaml(workdir / site / "policy.yaml", {
             "allowed_operators": DEMO_OPERATORS, "max_strategy_length": 4,
             "allowed_evaluators": ["quality_proxy"]})
@@ -69,15 +72,18 @@ def provision(workdir: Path, site_ids: list[str], rounds: int, k: int, samples: 
             "tls": {"cert": f"../certs/site-{site}.crt", "key": f"../certs/site-{site}.key",
                     "ca": "../certs/ca.crt"},
             "audit_key": f"../certs/site-{site}.audit.key", "state_dir": "state", "policy": policy.name,
-            "data": {"path": "train.jsonl"}, "poll_wait_ms": 1000, "backoff_max_s": 2.0})
+            "data": {"path": f"../benchmark/{site}/train.jsonl"},
+            "eval_data": {"path": f"../benchmark/{site}/eval.jsonl"},
+            "privacy": {"min_cohort": 20}, "poll_wait_ms": 1000, "backoff_max_s": 2.0})
     return _write_yaml(workdir / "coordinator.yaml", {
         "listen": f"127.0.0.1:{port}", "state_dir": "coordinator-state",
         "tls": {"cert": "certs/coordinator.crt", "key": "certs/coordinator.key", "ca": "certs/ca.crt"},
         "audit_key": "certs/coordinator.audit.key", "sites": site_ids, "poll_wait_ms": 1000,
         "lease_s": 60,
         "search": {"search_id": "demo-search", "rounds": rounds, "strategies_per_round": k,
-                   "min_sites": len(site_ids), "wait_for_sites_s": 60, "round_deadline_s": 300,
-                   "report": "search-report.json"}})
+                   "min_sites": len(site_ids), "wait_for_sites_s": 900, "round_deadline_s": 300,
+                   "report": "search-report.json",
+                   "settings": {"sample_rate_permille": sample_rate_permille}}})
 
 
 def start_coordinator(config: Path, logs: Path) -> subprocess.Popen[bytes]:
@@ -112,8 +118,9 @@ def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeo
     coord_cfg = provision(workdir, site_ids, rounds, k, samples, port)
     console.print(f"[bold]1.[/bold] Provisioned a federation CA and certificates for the coordinator and "
                   f"{', '.join(site_ids)} (mutual TLS, Ed25519 audit keys) in {workdir / 'certs'}")
-    console.print(f"[bold]2.[/bold] Each site has {samples} private training pairs of its own (TOY placeholder "
-                  "data with injected noise); they never leave the site's folder")
+    console.print(f"[bold]2.[/bold] Built the PyCMeKG medical QA benchmark: each site holds {samples} private "
+                  "training pairs (non-IID departments, its own noise mix) and a clean held-out set; they never "
+                  "leave the site's folder")
     report = workdir / "search-report.json"
     logs = workdir / "logs"
     logs.mkdir()
@@ -124,7 +131,7 @@ def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeo
                   f"process logs in {logs}")
     deadline = time.monotonic() + timeout_s
     try:
-        with console.status("search running: coordinator and sites working on 127.0.0.1 ...") as status:
+        with console.status("sites preparing (embeddings, screening classifier), then the search runs ...") as status:
             while not report.exists():
                 dead = [n for n, p in procs.items() if p.poll() is not None]
                 if dead or time.monotonic() > deadline:
@@ -149,14 +156,14 @@ def check_audit_logs(workdir: Path, site_ids: list[str]) -> dict[str, Any]:
         try:
             rep = verify(path, load_verify_key(key))
             out["verify"][name] = {"ok": True, "entries": rep.entries}
-        except AuditVerificationError as e:
+        except AuditError as e:
             out["verify"][name] = {"ok": False, "error": str(e)}
     for s in site_ids:
         try:
             cc = cross_check(workdir / s / "state" / "audit.log", coord_log)
             out["cross_check"][s] = {"ok": cc.ok, "matched": cc.site_to_coordinator + cc.coordinator_to_site,
                                      "unmatched": len(cc.unmatched), "undelivered": cc.undelivered}
-        except AuditVerificationError as e:
+        except AuditError as e:
             out["cross_check"][s] = {"ok": False, "error": str(e)}
     return out
 
@@ -203,7 +210,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 def run(workdir: Path = typer.Option(Path("demo-run"), help="folder for the demo (wiped first)"),
         sites: int = typer.Option(2, min=1, max=8), rounds: int = typer.Option(3, min=1, max=20),
         k: int = typer.Option(4, min=1, max=16, help="strategies per round"),
-        samples: int = typer.Option(400, min=20, max=50_000, help="training pairs per site"),
+        samples: int = typer.Option(1000, min=100, max=50_000, help="training pairs per site"),
         timeout: float = typer.Option(900.0, help="give up after this many seconds")) -> None:
     """Provision a federation on localhost and run a real multi-site strategy search."""
     try:

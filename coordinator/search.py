@@ -122,6 +122,9 @@ def run_search(service: CoordinatorService, cfg: SearchConfig, stop: threading.E
     reason = "completed all rounds"
     history: list[ScoredStrategy] = []
     for round_no in range(1, cfg.rounds + 1):
+        if not sites and not stop.is_set():
+            reason = f"no site said hello within {cfg.wait_for_sites_s:.0f} s"
+            break
         if stop.is_set():
             reason = "stopped"
             break

@@ -3,7 +3,9 @@ only a score.
 
 One task's path: receive -> parse (a malformed task is rejected with a typed status) -> already answered?
 (answer the same again, run nothing) -> policy check (rejected: nothing runs) -> run the strategy ->
-evaluate -> quantize -> store (fsync) -> send. The privacy ledger, DPS/PTS and the cache plug in here.
+(budget reserved in the privacy ledger, or refused) -> DPS sample -> PTS targets -> longest cached prefix ->
+remaining operators -> merge -> minimum cohort -> evaluate against the same sample unprocessed -> debit ->
+clip/noise/quantize -> store (fsync) -> send.
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from protos import federation_pb2 as pb
 from protos.audit import AuditLog, load_signing_key
-from protos.errors import MalformedMessage
+from protos.errors import AutodpError, MalformedMessage
 from protos.serde import UnexpectedField, from_pb
 from protos.views import (
     IDENT_PATTERN,
+    EvaluatorKind,
     Heartbeat,
     Hello,
+    OperatorSpec,
     ResultReport,
+    Strategy,
     Task,
     TaskStatus,
     size_bucket_for,
@@ -31,18 +37,24 @@ from protos.views import (
 from site_agent import __version__
 from site_agent.client import Backoff, CoordinatorClient, CoordinatorRefused, CoordinatorUnavailable
 from site_agent.config import SiteConfig
-from site_agent.data.loading import load_pairs
-from site_agent.evaluation.base import create_evaluator
-from site_agent.executor import run_strategy
-from site_agent.operators.base import Batch
+from site_agent.evaluation.base import Evaluator, create_evaluator
+from site_agent.operators.registry import registered_operators
+from site_agent.pipeline import ExecutionResult, execute
 from site_agent.policy import Policy, apply_policy_defaults, check_task, load_policy, published_catalog
-from site_agent.release import quantize
+from site_agent.privacy import PrivacyLedger, PrivacySettings, check_cohort, planned_epsilon
+from site_agent.resources import SiteResources, prepare
 from site_agent.results import ResultStore
 
-__all__ = ["SiteAgent", "TaskRunner"]
+__all__ = ["SiteAgent", "TaskRunner", "site_catalog"]
 
 log = logging.getLogger("autodp.site")
 _IDENT = re.compile(IDENT_PATTERN)
+
+
+def site_catalog(policy: Policy, provides: frozenset[str]) -> tuple[OperatorSpec, ...]:
+    """What the site publishes: allowed by policy, and runnable here (an LLM operator needs a local LLM)."""
+    ops = registered_operators()
+    return tuple(s for s in published_catalog(policy) if ops[s.name].requires <= provides)
 
 
 @dataclass
@@ -51,9 +63,11 @@ class TaskRunner:
 
     site_id: str
     policy: Policy
-    data: Batch
+    resources: SiteResources
     results: ResultStore
-    score_grid: float
+    ledger: PrivacyLedger
+    privacy: PrivacySettings
+    evaluator_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     executed: int = 0  # strategies actually run (tests assert rejections leave this at 0)
 
     def handle(self, raw: pb.Task) -> ResultReport | None:
@@ -66,9 +80,16 @@ class TaskRunner:
             return previous
         return self.results.put(self._answer(raw))
 
-    def _reject(self, task_id: str, status: TaskStatus, why: str) -> ResultReport:
+    def _reject(self, task_id: str, status: TaskStatus, why: str, scope: str | None = None) -> ResultReport:
         log.warning("task %s rejected: %s (%s)", task_id, status.value, why)
-        return ResultReport(task_id=task_id, site_id=self.site_id, status=status)
+        remaining = self.ledger.remaining(scope) if scope is not None else 0.0
+        return ResultReport(task_id=task_id, site_id=self.site_id, status=status, epsilon_remaining=remaining)
+
+    def _evaluator(self, kind: EvaluatorKind) -> Evaluator:
+        options = dict(self.evaluator_options.get(kind.value, {}))
+        if kind is EvaluatorKind.LORA:
+            options.setdefault("eval_batch", self.resources.eval_data)
+        return create_evaluator(kind, **options)
 
     def _answer(self, raw: pb.Task) -> ResultReport:
         try:
@@ -78,28 +99,65 @@ class TaskRunner:
         except MalformedMessage as e:
             return self._reject(raw.task_id, TaskStatus.REJECTED_MALFORMED, str(e))
         task = task.model_copy(update={"strategy": apply_policy_defaults(task.strategy, self.policy)})
+        scope = task.search_id
         problems = check_task(task, self.policy)
         if problems:
-            return self._reject(task.task_id, problems[0].status, "; ".join(p.reason for p in problems))
+            return self._reject(task.task_id, problems[0].status, "; ".join(p.reason for p in problems), scope)
         try:
-            evaluator = create_evaluator(task.settings.evaluator)
-        except Exception:  # an evaluator this site does not have
-            return self._reject(task.task_id, TaskStatus.REJECTED_SETTINGS, "evaluator not available here")
+            evaluator = self._evaluator(task.settings.evaluator)
+            planned = planned_epsilon(self.privacy, uses_dp_sgd=self._uses_dp(task))
+        except AutodpError as e:  # an evaluator this site does not have, or cannot budget
+            return self._reject(task.task_id, TaskStatus.REJECTED_SETTINGS, str(e), scope)
+        decision = self.ledger.reserve(task.task_id, scope, planned)
+        if not decision.ok:  # refused before any work
+            return self._reject(task.task_id, TaskStatus.REJECTED_BUDGET, decision.reason or "budget", scope)
+        return self._run(task, evaluator)
+
+    def _uses_dp(self, task: Task) -> bool:
+        return self.privacy.dp_sgd is not None and task.settings.evaluator is EvaluatorKind.LORA
+
+    def _execute(self, task: Task, strategy: Strategy) -> ExecutionResult:
+        r = self.resources
+        return execute(r.data, strategy, task.settings, context=r.context(task.settings.seed), embedder=r.embedder,
+                       screener=r.screener, cache=r.prefix_cache if task.settings.use_cache else None,
+                       embedding_cache=r.embedding_cache)
+
+    def _run(self, task: Task, evaluator: Evaluator) -> ResultReport:
+        status = TaskStatus.FAILED_INTERNAL
         try:
-            t0 = time.monotonic()
             self.executed += 1
-            processed, stats = run_strategy(self.data, task.strategy)
+            t0 = time.monotonic()
+            result = self._execute(task, task.strategy)
+            # the baseline is the same sample, unprocessed: same rows, same size budget
+            raw = result.batch if not task.strategy.calls else self._execute(task, Strategy()).batch
             t1 = time.monotonic()
-            outcome = evaluator.evaluate(processed, self.data, task.settings)
+            if not check_cohort(result.n_output, self.privacy.min_cohort):
+                self.ledger.commit(task.task_id, 0.0)
+                return self._reject(task.task_id, TaskStatus.REJECTED_COHORT,
+                                    f"{result.n_output} rows < minimum {self.privacy.min_cohort}", task.search_id)
+            outcome = evaluator.evaluate(result.batch, raw, task.settings)
             t2 = time.monotonic()
+            release_eps = self.privacy.release_epsilon if self.privacy.mechanism != "none" else 0.0
+            state = self.ledger.commit(task.task_id, getattr(outcome, "epsilon", 0.0) + release_eps)
+            score = self.ledger.release(task.task_id, outcome.score)
+        except AutodpError as e:
+            status = getattr(e, "status", None) or TaskStatus.FAILED_INTERNAL
+            log.error("task %s failed: %s", task.task_id, type(e).__name__)
         except Exception as e:  # never a dead site; the type is enough locally, nothing leaves but the status
             log.error("task %s failed: %s", task.task_id, type(e).__name__)
-            return ResultReport(task_id=task.task_id, site_id=self.site_id, status=TaskStatus.FAILED_INTERNAL)
-        log.info("task %s done: %d steps, score %.4f", task.task_id, len(stats), outcome.score)
-        return ResultReport(
-            task_id=task.task_id, site_id=self.site_id, status=TaskStatus.OK,
-            score=quantize(outcome.score, self.score_grid),
-            eval_seconds=round(t2 - t1), processing_seconds=round(t1 - t0), operators_run=len(stats))
+        else:
+            log.info("task %s done: %d steps, %d cache hits, score %.4f", task.task_id, len(result.steps),
+                     result.cache_hits, score)
+            return ResultReport(
+                task_id=task.task_id, site_id=self.site_id, status=TaskStatus.OK, score=score,
+                epsilon_spent=state.epsilon, epsilon_remaining=state.remaining,
+                eval_seconds=round(t2 - t1), processing_seconds=round(t1 - t0),
+                cache_hits=result.steps_reused, operators_run=result.operators_run)
+        held = self.ledger.state(task.task_id)
+        if held is not None and not held.committed:
+            self.ledger.commit(task.task_id, 0.0)  # nothing was released: nothing spent
+        return ResultReport(task_id=task.task_id, site_id=self.site_id, status=status,
+                            epsilon_remaining=self.ledger.remaining(task.search_id))
 
 
 class SiteAgent:
@@ -107,15 +165,17 @@ class SiteAgent:
         self.cfg = cfg
         self.stop = stop or threading.Event()
         self.policy = load_policy(cfg.policy)
-        data = load_pairs(cfg.data.path, cfg.data.instruction_field, cfg.data.answer_field)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.resources = prepare(cfg)
         self.audit = AuditLog.open(cfg.state_dir / "audit.log", load_signing_key(cfg.audit_key), "site",
                                    cfg.site_id)
         self.results = ResultStore(cfg.state_dir / "results.db")
-        self.runner = TaskRunner(cfg.site_id, self.policy, data, self.results, cfg.score_grid)
+        self.ledger = PrivacyLedger(cfg.state_dir / "privacy.db", cfg.privacy)
+        self.runner = TaskRunner(cfg.site_id, self.policy, self.resources, self.results, self.ledger, cfg.privacy,
+                                 cfg.evaluator_options)
         self.hello_msg = Hello(site_id=cfg.site_id, software_version=__version__,
-                               catalog=published_catalog(self.policy),
-                               size_bucket=size_bucket_for(len(data["instruction"])))
+                               catalog=site_catalog(self.policy, self.resources.context(0).provides()),
+                               size_bucket=size_bucket_for(len(self.resources.data["instruction"])))
         self.client = CoordinatorClient(cfg, self.audit)
         self.tasks_done = 0
 
@@ -166,4 +226,6 @@ class SiteAgent:
     def close(self) -> None:
         self.client.close()
         self.results.close()
+        self.ledger.close()
+        self.resources.close()
         self.audit.close()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
 from protos.config import StrictModel, TLSFiles, load_yaml_model
 from protos.views import EvaluatorKind, Ident
+from site_agent.privacy.settings import PrivacySettings
 
 __all__ = ["DataConfig", "SiteConfig", "load_config"]
 
@@ -51,8 +53,9 @@ class SiteConfig(StrictModel):
     llm: dict[str, object] | None = Field(
         default=None, description="site-local LLM for generation/optimization operators (see site_agent.llm)")
     evaluator: EvaluatorKind = EvaluatorKind.QUALITY_PROXY
-    score_grid: float = Field(default=1e-4, gt=0, le=1.0,
-                              description="released scores are rounded to this grid")
+    evaluator_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per evaluator kind, options for it (e.g. lora: {steps: 30})")
+    privacy: PrivacySettings = PrivacySettings()
     rpc_timeout_s: float = Field(default=10.0, gt=0, le=300)
     poll_wait_ms: int = Field(default=2_000, ge=0, le=30_000)
     backoff_initial_s: float = Field(default=0.5, gt=0)

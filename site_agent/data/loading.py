@@ -83,8 +83,10 @@ def _column(values: list[Any], name: str) -> list[str]:
     return out
 
 
-def load_pairs(path: Path, instruction_field: str = "instruction", answer_field: str = "answer") -> Batch:
-    """Load a batch with ``instruction`` and ``answer`` columns from ``path`` (.jsonl/.json/.csv/.parquet)."""
+def load_pairs(path: Path, instruction_field: str = "instruction", answer_field: str = "answer",
+               extra_columns: tuple[str, ...] = ()) -> Batch:
+    """Load a batch with ``instruction`` and ``answer`` columns from ``path`` (.jsonl/.json/.csv/.parquet),
+    plus any of ``extra_columns`` that the file has (kept under their own names, as text)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -119,8 +121,12 @@ def load_pairs(path: Path, instruction_field: str = "instruction", answer_field:
             raise DataError(f"data file has no column '{field}'")
     if ds.num_rows == 0:
         raise DataError("data file is empty")
-    return {"instruction": _column(ds[instruction_field], instruction_field),
-            "answer": _column(ds[answer_field], answer_field)}
+    batch = {"instruction": _column(ds[instruction_field], instruction_field),
+             "answer": _column(ds[answer_field], answer_field)}
+    for name in extra_columns:
+        if name in ds.column_names and name not in batch:
+            batch[name] = _column(ds[name], name)
+    return batch
 
 
 def save_pairs(batch: Batch, path: Path) -> None:

@@ -8,8 +8,8 @@ built-in ones are imported on first use so that heavy ones (LoRA: torch, peft) l
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from protos.views import EvalSettings, EvaluatorKind, Metric
@@ -28,11 +28,18 @@ __all__ = [
 
 @dataclass(frozen=True)
 class EvalOutcome:
-    """A score (higher is better, processed vs raw), the metric it is in, and the time it took."""
+    """A score (higher is better, processed vs raw), the metric it is in, and the time it took.
+
+    ``epsilon``/``delta``: the (epsilon, delta)-DP guarantee of this evaluation's training run when it
+    used DP-SGD (0 otherwise). ``details``: local diagnostics, numbers only (never released).
+    """
 
     score: float
     metric: Metric
     seconds: float
+    epsilon: float = 0.0
+    delta: float = 0.0
+    details: Mapping[str, float] = field(default_factory=dict)
 
 
 class Evaluator(Protocol):
@@ -46,6 +53,7 @@ _FACTORIES: dict[EvaluatorKind, EvaluatorFactory] = {}
 # Where each built-in evaluator registers itself; imported lazily.
 _BUILTIN_MODULES: dict[EvaluatorKind, str] = {
     EvaluatorKind.QUALITY_PROXY: "site_agent.evaluation.quality_proxy",
+    EvaluatorKind.LORA: "site_agent.evaluation.lora",
 }
 
 

@@ -14,9 +14,14 @@ A row is *defective* when any of these independent checks fires (on instruction 
                   zero-width spaces, three or more line breaks, spaces around a line break, or
                   untrimmed ends
 - ``short``       an instruction under 3 characters, or an answer under ``min_answer_chars`` characters
-                  or with fewer than 2 words (empty and truncated answers)
-- ``repetition``  a loop in the answer: one word 4+ times in a row, or at least ``min_repeats`` copies of
-                  one word 3-gram making up a ``max_repeated_share`` or more of all its 3-grams
+                  (half that for Chinese/Japanese/Korean text, which packs more per character) or with
+                  fewer than 2 tokens (empty and truncated answers)
+- ``repetition``  a loop in the answer: one token 4+ times in a row, or at least ``min_repeats`` copies of
+                  one token 3-gram making up a ``max_repeated_share`` or more of all its 3-grams
+- ``contact``     a personal or commercial contact left in the text: a mobile or landline number, an
+                  18-digit ID number, an e-mail address, a URL, or a messaging handle (微信/QQ/WeChat)
+
+Tokens are whitespace-separated words, except that each CJK character is a token of its own.
 - ``duplicate``   the same pair as an earlier row of the same batch, ignoring case and whitespace
 
 Score. With ``n_raw`` rows before processing and, after it, ``good`` non-defective and ``kept`` rows::
@@ -44,7 +49,16 @@ from site_agent.operators.base import Batch, batch_size
 
 __all__ = ["CHECKS", "ProxyOptions", "QualityProxyEvaluator", "quality", "row_defects"]
 
-CHECKS = ("markup", "garbled", "whitespace", "short", "repetition", "duplicate")
+CHECKS = ("markup", "garbled", "whitespace", "short", "repetition", "duplicate", "contact")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
+_CONTACT = re.compile(
+    r"(?<!\d)1[3-9]\d{9}(?!\d)|(?<!\d)\d{17}[\dXx](?!\d)|(?<!\d)0\d{2,3}-\d{7,8}(?!\d)"
+    r"|[\w.+-]+@[\w-]+\.[\w.]+|https?://|www\.|微信|ＶＸ|(?<![A-Za-z])(?:QQ|WeChat|VX|vx)(?![A-Za-z])")
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.casefold())
 
 _MARKUP = re.compile(
     r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>|<!--"
@@ -69,7 +83,7 @@ class ProxyOptions:
 
 
 def _repetitive(answer: str, min_repeats: int, max_repeated_share: float) -> bool:
-    words = answer.casefold().split()
+    words = _tokens(answer)
     run = 1
     for prev, cur in zip(words, words[1:], strict=False):
         run = run + 1 if cur == prev else 1
@@ -98,8 +112,11 @@ def row_defects(batch: Batch, options: ProxyOptions = ProxyOptions()) -> list[se
             found.add("garbled")
         if _WHITESPACE.search(q) or _WHITESPACE.search(a):
             found.add("whitespace")
-        if len(q.strip()) < 3 or len(a.strip()) < options.min_answer_chars or len(a.split()) < 2:
+        min_chars = options.min_answer_chars // 2 if _CJK.search(a) else options.min_answer_chars
+        if len(q.strip()) < 3 or len(a.strip()) < min_chars or len(_tokens(a)) < 2:
             found.add("short")
+        if _CONTACT.search(q) or _CONTACT.search(a):
+            found.add("contact")
         if _repetitive(a, options.min_repeats, options.max_repeated_share):
             found.add("repetition")
         key = (" ".join(q.casefold().split()), " ".join(a.casefold().split()))

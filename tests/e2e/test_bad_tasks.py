@@ -37,7 +37,8 @@ def site_config(fed: Federation, tmp: Path) -> Path:
            "tls": {"cert": str(c / "site-hospital-a.crt"), "key": str(c / "site-hospital-a.key"),
                    "ca": str(c / "ca.crt")},
            "audit_key": str(c / "site-hospital-a.audit.key"), "state_dir": str(tmp / "state"),
-           "policy": "policy.yaml", "data": {"path": "train.jsonl"}, "poll_wait_ms": 200}
+           "policy": "policy.yaml", "data": {"path": "train.jsonl"}, "poll_wait_ms": 200,
+           "privacy": {"min_cohort": 5}, "cache": {"dir": str(tmp / "cache")}}
     (tmp / "site.yaml").write_text(yaml.safe_dump(cfg))
     return tmp / "site.yaml"
 
@@ -48,7 +49,7 @@ def test_bad_tasks_are_rejected_over_the_wire(federation: Federation, tmp_path: 
     for task_id, (strategy, _) in BAD.items():
         store.enqueue(Task(task_id=task_id, search_id="s", strategy=strategy, settings=EvalSettings()),
                       "hospital-a", 1, now)
-    good = Task(task_id="t-good", search_id="s", settings=EvalSettings(),
+    good = Task(task_id="t-good", search_id="s", settings=EvalSettings(sample_rate_permille=500),
                 strategy=Strategy(calls=(OperatorCall.of("remove_markup"),)))
     store.enqueue(good, "hospital-a", 1, now)
 

@@ -41,7 +41,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
 def test_coordinator_killed_mid_search_resumes(tmp_path: Path) -> None:
     wd = tmp_path / "fed"
     wd.mkdir()
-    cfg = provision(wd, SITES, rounds=4, k=4, samples=150, port=free_port())
+    cfg = provision(wd, SITES, rounds=4, k=4, samples=150, port=free_port(), sample_rate_permille=1000)
     logs = wd / "logs"
     logs.mkdir()
     db, report = wd / "coordinator-state" / "store.db", wd / "search-report.json"

@@ -16,7 +16,7 @@ from coordinator.demo import check_audit_logs, free_port, provision, start_coord
 def test_site_waits_for_the_coordinator(tmp_path: Path) -> None:
     wd = tmp_path / "fed"
     wd.mkdir()
-    cfg = provision(wd, ["hospital-a"], rounds=1, k=2, samples=60, port=free_port())
+    cfg = provision(wd, ["hospital-a"], rounds=1, k=2, samples=100, port=free_port(), sample_rate_permille=1000)
     logs = wd / "logs"
     logs.mkdir()
     site = start_site(wd, "hospital-a", logs)

@@ -2,3 +2,9 @@
 
 Importing this package registers its operators.
 """
+
+from site_agent.operators.generation.fill_answer import FillAnswer
+from site_agent.operators.generation.fill_question import FillQuestion
+from site_agent.operators.generation.synthesize_pairs import SynthesizePairs
+
+__all__ = ["FillAnswer", "FillQuestion", "SynthesizePairs"]

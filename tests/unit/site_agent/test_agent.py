@@ -11,8 +11,11 @@ from protos import federation_pb2 as pb
 from protos.serde import to_pb
 from protos.views import EvalSettings, EvaluatorKind, OperatorCall, Strategy, Task, TaskStatus
 from site_agent.agent import TaskRunner
+from site_agent.cache.store import PrefixCache
 from site_agent.data.toy import make_toy_dataset
 from site_agent.policy import Policy
+from site_agent.privacy import PrivacyLedger, PrivacySettings
+from site_agent.resources import SiteResources
 from site_agent.results import ResultStore
 
 
@@ -20,12 +23,15 @@ from site_agent.results import ResultStore
 def runner(tmp_path: Path) -> TaskRunner:
     data, _ = make_toy_dataset(120, seed=1, noise_rate=0.4)
     policy = Policy(allowed_operators=["remove_markup", "normalize_text", "exact_dedup"])
-    return TaskRunner("hospital-a", policy, data, ResultStore(tmp_path / "results.db"), score_grid=1e-3)
+    resources = SiteResources(data, None, None, None, None, None, PrefixCache(tmp_path / "cache", 1 << 26), None)
+    privacy = PrivacySettings(min_cohort=5, grid=1e-3)
+    return TaskRunner("hospital-a", policy, resources, ResultStore(tmp_path / "results.db"),
+                      PrivacyLedger(tmp_path / "privacy.db", privacy), privacy)
 
 
 def task(*calls: OperatorCall, task_id: str = "t-1", **settings: object) -> pb.Task:
     return to_pb(Task(task_id=task_id, search_id="s", strategy=Strategy(calls=calls),  # type: ignore[return-value]
-                      settings=EvalSettings.model_validate(settings)))
+                      settings=EvalSettings.model_validate({"sample_rate_permille": 1000, **settings})))
 
 
 def test_valid_task_runs_and_releases_a_rounded_score(runner: TaskRunner) -> None:

@@ -60,7 +60,12 @@ def test_not_allowed_comes_first_and_problems_never_raise() -> None:
     assert set(statuses) >= {TaskStatus.REJECTED_UNKNOWN_OPERATOR, TaskStatus.REJECTED_SETTINGS}
 
 
-def test_an_evaluator_that_is_allowed_but_not_installed_is_rejected() -> None:
+def test_an_evaluator_that_is_allowed_but_not_installed_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    from site_agent.evaluation import base
+
+    # a site without the LoRA evaluator's module (e.g. a slim install): it must refuse, not crash
+    monkeypatch.setattr(base, "_FACTORIES", {k: v for k, v in base._FACTORIES.items() if k is not EvaluatorKind.LORA})
+    monkeypatch.setattr(base, "_BUILTIN_MODULES", {EvaluatorKind.QUALITY_PROXY: "site_agent.evaluation.quality_proxy"})
     policy = Policy(allowed_operators=ALL_FOUR)  # allows lora by default
     task = _task(evaluator=EvaluatorKind.LORA, metric=Metric.NEG_TOKEN_LOSS, train_steps=10)
     problems = check_task(task, policy)

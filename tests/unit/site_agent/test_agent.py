@@ -85,3 +85,33 @@ def test_replayed_task_is_answered_the_same_and_runs_once(runner: TaskRunner) ->
     first = runner.handle(raw)
     second = runner.handle(raw)
     assert first == second and runner.executed == 1
+
+
+def test_too_small_a_processed_set_is_refused_and_costs_nothing(tmp_path: Path) -> None:
+    data, _ = make_toy_dataset(120, seed=1, noise_rate=0.4)
+    policy = Policy(allowed_operators=["length_filter"])
+    privacy = PrivacySettings(min_cohort=100, mechanism="laplace", release_epsilon=0.5)
+    ledger = PrivacyLedger(tmp_path / "privacy.db", privacy)
+    resources = SiteResources(data, None, None, None, None, None, None, None)
+    r = TaskRunner("hospital-a", policy, resources, ResultStore(tmp_path / "r.db"), ledger, privacy)
+    # keeps only rows with very long answers: far fewer than 100
+    report = r.handle(task(OperatorCall.of("length_filter", min_answer_chars=200)))
+    assert report is not None and report.status is TaskStatus.REJECTED_COHORT and report.score == 0.0
+    assert ledger.spent("s") == 0.0 and report.epsilon_remaining == privacy.total_epsilon
+
+
+def test_over_budget_task_is_refused_before_any_work(tmp_path: Path) -> None:
+    data, _ = make_toy_dataset(120, seed=1, noise_rate=0.4)
+    privacy = PrivacySettings(min_cohort=5, mechanism="laplace", release_epsilon=0.4, total_epsilon=1.0)
+    ledger = PrivacyLedger(tmp_path / "privacy.db", privacy)
+    resources = SiteResources(data, None, None, None, None, None, None, None)
+    r = TaskRunner("hospital-a", Policy(allowed_operators=["remove_markup"]), resources,
+                   ResultStore(tmp_path / "r.db"), ledger, privacy)
+    statuses = [r.handle(task(OperatorCall.of("remove_markup"), task_id=f"t-{i}")) for i in range(3)]
+    assert [s.status for s in statuses if s] == [TaskStatus.OK, TaskStatus.OK, TaskStatus.REJECTED_BUDGET]
+    assert r.executed == 2  # the third never ran
+    assert abs(ledger.spent("s") - 0.8) < 1e-9 and statuses[1] is not None
+    assert abs(statuses[1].epsilon_remaining - 0.2) < 1e-9 and statuses[1].epsilon_spent == 0.4
+    # a replay of an answered task is not debited again
+    assert r.handle(task(OperatorCall.of("remove_markup"), task_id="t-0")) == statuses[0]
+    assert abs(ledger.spent("s") - 0.8) < 1e-9

@@ -68,7 +68,7 @@ def _trainer(folder: Path, rows: list[TokenRow], cfg: TrainConfig, pad_id: int) 
             lr_scheduler_type="constant", weight_decay=0.0, optim="adamw_torch", logging_strategy="no",
             save_strategy="no", report_to=[], use_cpu=True, seed=cfg.seed, data_seed=cfg.seed,
             dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False)
-        Trainer(model=model, args=args, train_dataset=rows, data_collator=collator,  # type: ignore[arg-type]
+        Trainer(model=model, args=args, train_dataset=rows, data_collator=collator,
                 callbacks=[Clock()]).train()
     return seen["tokens"], clock["end"] - clock["start"]
 

@@ -45,10 +45,21 @@ from site_agent.privacy import PrivacyLedger, PrivacySettings, check_cohort, pla
 from site_agent.resources import SiteResources, prepare
 from site_agent.results import ResultStore
 
-__all__ = ["SiteAgent", "TaskRunner", "site_catalog"]
+__all__ = ["SiteAgent", "TaskRunner", "evaluator_options", "site_catalog"]
 
 log = logging.getLogger("autodp.site")
 _IDENT = re.compile(IDENT_PATTERN)
+
+
+def evaluator_options(cfg: SiteConfig) -> dict[str, dict[str, Any]]:
+    """Per evaluator kind, its options: the config's, plus the LoRA evaluator's site-local cache (baselines,
+    the DP noise secret) and the DP-SGD settings of the privacy section."""
+    options = {kind: dict(opts) for kind, opts in cfg.evaluator_options.items()}
+    lora = options.setdefault(EvaluatorKind.LORA.value, {})
+    lora.setdefault("cache_dir", cfg.cache.dir / "lora")
+    if cfg.privacy.dp_sgd is not None:
+        lora.setdefault("dp", cfg.privacy.dp_sgd.model_dump(exclude_none=True))
+    return options
 
 
 def site_catalog(policy: Policy, provides: frozenset[str]) -> tuple[OperatorSpec, ...]:
@@ -106,6 +117,9 @@ class TaskRunner:
         try:
             evaluator = self._evaluator(task.settings.evaluator)
             planned = planned_epsilon(self.privacy, uses_dp_sgd=self._uses_dp(task))
+            if self._uses_dp(task) and self.privacy.dp_sgd is not None and self.privacy.dp_sgd.target_epsilon:
+                # the baseline may have to be trained (under DP-SGD too) in this same task: reserve for both
+                planned += self.privacy.dp_sgd.target_epsilon
         except AutodpError as e:  # an evaluator this site does not have, or cannot budget
             return self._reject(task.task_id, TaskStatus.REJECTED_SETTINGS, str(e), scope)
         decision = self.ledger.reserve(task.task_id, scope, planned)
@@ -138,7 +152,9 @@ class TaskRunner:
             outcome = evaluator.evaluate(result.batch, raw, task.settings)
             t2 = time.monotonic()
             release_eps = self.privacy.release_epsilon if self.privacy.mechanism != "none" else 0.0
-            state = self.ledger.commit(task.task_id, getattr(outcome, "epsilon", 0.0) + release_eps)
+            # a baseline trained with DP-SGD in this call is charged once, here; a cached one costs nothing
+            spent = outcome.epsilon + outcome.details.get("baseline_epsilon", 0.0) + release_eps
+            state = self.ledger.commit(task.task_id, spent)
             score = self.ledger.release(task.task_id, outcome.score)
         except AutodpError as e:
             status = getattr(e, "status", None) or TaskStatus.FAILED_INTERNAL
@@ -172,7 +188,7 @@ class SiteAgent:
         self.results = ResultStore(cfg.state_dir / "results.db")
         self.ledger = PrivacyLedger(cfg.state_dir / "privacy.db", cfg.privacy)
         self.runner = TaskRunner(cfg.site_id, self.policy, self.resources, self.results, self.ledger, cfg.privacy,
-                                 cfg.evaluator_options)
+                                 evaluator_options(cfg))
         self.hello_msg = Hello(site_id=cfg.site_id, software_version=__version__,
                                catalog=site_catalog(self.policy, self.resources.context(0).provides()),
                                size_bucket=size_bucket_for(len(self.resources.data["instruction"])))

@@ -1,12 +1,14 @@
 """Guards that LoRA training (DP-SGD above all) updates the adapter and nothing else.
 
 Opacus with PEFT has silently produced corrupted or missing LoRA updates while loss and epsilon looked
-normal (opacus#820; per-sample hooks on modules that mix frozen and trainable parameters, opacus#436;
-functorch fallbacks for module types without a grad sampler). Rather than trust a version pairing, the
-evaluator checks every run:
+normal (opacus#820: a model left partly on another device when the adapters were added; opacus#436:
+per-sample hooks on modules that mix frozen and trainable parameters; functorch fallbacks for module
+types without a grad sampler). The evaluator moves the base model to its device before adding adapters,
+and rather than trust a version pairing, checks every run:
 
-- before training: the trainable parameters are exactly the LoRA matrices (``lora_`` in the name), and
-  under DP every hooked module has an exact Opacus grad sampler (no functorch fallback);
+- before training: the trainable parameters are exactly the LoRA matrices (``lora_`` in the name), every
+  parameter sits on one device, and under DP every hooked module has an exact Opacus grad sampler (no
+  functorch fallback);
 - after every optimizer step: LoRA tensors changed (under DP all of them, since noise touches every
   coordinate; without DP at least one, as B = 0 at the start keeps A's gradient zero at first), and no
   frozen parameter holds a gradient or a per-sample gradient;
@@ -27,8 +29,9 @@ __all__ = ["StepGuard", "base_digest", "check_dp_modules", "lora_parameters"]
 
 def lora_parameters(model: Any) -> list[Any]:
     """The LoRA parameters, after checking that they, and only they, are trainable."""
-    lora, stray = [], 0
+    lora, stray, devices = [], 0, set()
     for name, p in model.named_parameters():
+        devices.add(str(p.device))
         if "lora_" in name:
             p.requires_grad_(True)
             lora.append(p)
@@ -37,6 +40,8 @@ def lora_parameters(model: Any) -> list[Any]:
     if stray or not lora:
         raise TrainingIntegrityError(f"LoRA training expects only LoRA parameters to be trainable; found {stray} "
                                      f"other trainable and {len(lora)} LoRA parameters")
+    if len(devices) != 1:
+        raise TrainingIntegrityError(f"LoRA training expects one device for all parameters; found {len(devices)}")
     return lora
 
 

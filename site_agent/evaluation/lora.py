@@ -172,9 +172,9 @@ class LoraEvaluator:
         answer_tokens = self.judge.answer_tokens if settings.metric is Metric.JUDGE_WIN_RATE and self.judge else 0
         processed, raw = _pairs(processed), _pairs(raw)
         raw_fp = dataset_fingerprint(raw)
+        dp_doc = self.dp.model_dump() if self.dp else None
         key = {"format": BASELINE_FORMAT, "raw": raw_fp, "eval": self.eval_fingerprint,
-               "model": model_identity(model), "train": asdict(cfg),
-               "dp": self.dp.model_dump() if self.dp else None, "answer_tokens": answer_tokens}
+               "model": model_identity(model), "train": asdict(cfg), "dp": dp_doc, "answer_tokens": answer_tokens}
         path = baseline_path(self.cache_dir, key)
         baseline = _load_baseline(path, key)
         runs = ("processed",) if baseline is not None else ("processed", "baseline")
@@ -182,7 +182,7 @@ class LoraEvaluator:
         if self.dp is not None:
             fps = {"processed": dataset_fingerprint(processed), "baseline": raw_fp}
             seeds = {r: noise_seed(self.cache_dir, cfg.seed, r, fps[r]) for r in runs}
-        job = Job(model_path=str(model), train=asdict(cfg), runs=runs, dp=key["dp"], dp_seeds=seeds,
+        job = Job(model_path=str(model), train=asdict(cfg), runs=runs, dp=dp_doc, dp_seeds=seeds,
                   answer_tokens=answer_tokens, threads=self.threads)
         batches = {"processed": processed, "eval": self.eval_batch} | ({} if baseline else {"raw": raw})
         out = self._run(job, batches)

@@ -13,6 +13,7 @@ differ only by their data. Under DP, noise and Poisson subsampling use a separat
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import warnings
@@ -33,7 +34,8 @@ from site_agent.evaluation.lora_data import (
     epoch_batches,
     poisson_batches,
 )
-from site_agent.operators.base import Batch, batch_size
+from site_agent.operators.base import Batch
+from site_agent.operators.base import batch_size as n_rows
 
 __all__ = ["RunResult", "TrainConfig", "TrainStats", "eval_losses", "generate_answers", "load_model",
            "load_tokenizer", "resolve_device", "resolve_dtype", "row_losses", "run_lora", "train", "with_lora"]
@@ -120,7 +122,7 @@ def load_model(path: Path, dtype: str, device: str) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+        model: Any = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
                                                      use_safetensors=True, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as e:
         raise EvaluationError(f"cannot load the LoRA base model ({type(e).__name__})") from None
@@ -265,14 +267,16 @@ def run_lora(model_path: Path, cfg: TrainConfig, train_batch: Batch, eval_batch:
              dp: DPConfig | None = None, dp_seed: int = 0, answer_tokens: int = 0,
              on_step: Callable[[int, Any], None] | None = None) -> RunResult:
     """Fresh base model + LoRA, trained on ``train_batch``, scored (and asked) on ``eval_batch``."""
-    if batch_size(eval_batch) == 0:
+    if n_rows(eval_batch) == 0:
         raise EvaluationError("the held-out evaluation set is empty")
     device = resolve_device(cfg.device)
     tok = load_tokenizer(model_path)
     model = with_lora(load_model(model_path, resolve_dtype(cfg.dtype, device), device), cfg)
-    train_rows = encode_batch(tok, train_batch, cfg.seq_len) if batch_size(train_batch) else []
+    train_rows = encode_batch(tok, train_batch, cfg.seq_len) if n_rows(train_batch) else []
     stats = train(model, train_rows, cfg, tok.pad_token_id, dp=dp, dp_seed=dp_seed, on_step=on_step)
     losses = eval_losses(model, encode_batch(tok, eval_batch, cfg.seq_len), tok.pad_token_id, cfg.eval_batch_size)
+    if not all(math.isfinite(v) for v in losses):
+        raise TrainingIntegrityError("held-out losses are not finite: training diverged (lower lr)")
     answers = None
     if answer_tokens > 0:
         answers = generate_answers(model, tok, list(eval_batch["instruction"]), cfg.seq_len, answer_tokens,

@@ -156,7 +156,10 @@ def main(argv: list[str]) -> int:
         doc = {"error": {"kind": kind, "message": str(e)}}
     except Exception as e:  # a library's message might quote data: the type alone
         doc = {"error": {"kind": "internal", "message": f"evaluation worker failed ({type(e).__name__})"}}
-    _write_json(job_dir / _RESULT, doc)
+    try:
+        _write_json(job_dir / _RESULT, doc)
+    except ValueError:  # a non-finite number slipped into the result
+        _write_json(job_dir / _RESULT, {"error": {"kind": "internal", "message": "evaluation result not finite"}})
     return 0
 
 

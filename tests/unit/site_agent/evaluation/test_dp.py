@@ -131,6 +131,11 @@ def test_guard_refuses_trainable_base_weights_and_unhooked_modules(tiny_model: P
     next(p for n, p in model.named_parameters() if "embed" in n).requires_grad_(True)
     with pytest.raises(TrainingIntegrityError, match="1 other trainable"):
         lora_parameters(model)
+    split = _lora_model(tiny_model, TrainConfig())
+    layer = next(m for n, m in split.named_modules() if n.endswith("lora_A.default"))
+    layer.weight = torch.nn.Parameter(torch.zeros_like(layer.weight, device="meta"))
+    with pytest.raises(TrainingIntegrityError, match="one device"):  # opacus#820: a model split across devices
+        lora_parameters(split)
 
     class Scale(torch.nn.Module):  # no exact Opacus grad sampler: would fall back to functorch
         def __init__(self) -> None:
@@ -172,3 +177,16 @@ def test_unreachable_target_epsilon_is_one_clear_error(tiny_model: Path) -> None
     with pytest.raises(EvaluationError, match="cannot be reached"):
         attach_dp(model, opt, parse_dp({"target_epsilon": 1e-3, "accountant": "rdp"}),  # type: ignore[arg-type]
                   sample_rate=1.0, steps=1000, expected_batch=4, seed=0)
+
+
+def test_bfloat16_base_with_float32_adapters_under_dp(tiny_model: Path, rows_and_tok: Any) -> None:
+    """What a GPU site (or a CPU with native bf16) runs: the guards hold for a bf16 base too."""
+    import torch
+
+    rows, tok = rows_and_tok
+    cfg = TrainConfig(steps=2, batch_size=4, seq_len=96)
+    model = with_lora(load_model(tiny_model, "bfloat16", "cpu"), cfg)
+    dtypes = {("lora_" in n, p.dtype) for n, p in model.named_parameters()}
+    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
+    stats = train(model, rows, cfg, tok.pad_token_id, dp=parse_dp({"noise_multiplier": 1.0}), dp_seed=3)
+    assert stats.steps == 2 and stats.epsilon > 0

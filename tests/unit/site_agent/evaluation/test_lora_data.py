@@ -55,7 +55,8 @@ def test_collate_pads_right_and_masks(tiny_model: Path) -> None:
     ids, labels, mask = collate(torch, rows, tok.pad_token_id)
     assert ids.shape == labels.shape == mask.shape == (2, len(rows[1].input_ids))
     pad = len(rows[1].input_ids) - len(rows[0].input_ids)
-    assert mask[0, -pad:].sum() == 0 and (labels[0, -pad:] == IGNORE).all() and (ids[0, -pad:] == tok.pad_token_id).all()
+    assert mask[0, -pad:].sum() == 0 and (labels[0, -pad:] == IGNORE).all()
+    assert (ids[0, -pad:] == tok.pad_token_id).all()
 
 
 def test_encode_checks(tiny_model: Path) -> None:
@@ -79,3 +80,16 @@ def test_poisson_batches_are_reproducible_and_about_q() -> None:
     assert a == poisson_batches(200, 50, 0.1, random.Random(1))
     assert 15 < sum(map(len, a)) / 50 < 25
     assert poisson_batches(5, 3, 1.0, random.Random(0)) == [list(range(5))] * 3
+
+
+@pytest.mark.slow
+def test_default_model_tokenizer_rows() -> None:
+    """The bundled SmolLM2's own chat template and end token (the default base model)."""
+    from protos.bundled_models import smollm2_folder
+
+    tok = load_tokenizer(smollm2_folder())
+    row, = encode_batch(tok, {"instruction": ["What is gout?"], "answer": ["A form of arthritis."]}, 128)
+    labelled = [t for t in row.labels if t != IGNORE]
+    assert tok.decode(labelled) == "A form of arthritis.<|im_end|>"
+    assert tok.decode(list(row.input_ids[:len(row.input_ids) - len(labelled)])).endswith(
+        "What is gout?<|im_end|>\n<|im_start|>assistant\n")

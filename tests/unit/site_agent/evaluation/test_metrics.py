@@ -7,6 +7,7 @@ import pytest
 
 from site_agent.errors import EvaluationError
 from site_agent.evaluation.metrics import (
+    JudgeConfig,
     judge_win_rate,
     make_judge,
     neg_token_loss_score,
@@ -37,6 +38,12 @@ def test_parse_verdict(reply: str, verdict: str | None) -> None:
     assert parse_verdict(reply) == verdict
 
 
+def _config(url: str, model: str = "m") -> JudgeConfig:
+    cfg = parse_judge({"base_url": url, "model": model})
+    assert cfg is not None
+    return cfg
+
+
 def _prefers(word: str) -> Any:
     """A judge that prefers whichever answer contains ``word``; ties when both or neither do."""
 
@@ -54,7 +61,7 @@ def test_judge_compares_both_orders_through_a_local_endpoint() -> None:
     processed = ["good one", "good two", "meh", "good"]
     baseline = ["bad", "bad", "good", "good too"]
     with FakeOpenAIServer(_prefers("good")) as server:
-        with make_judge(parse_judge({"base_url": server.base_url, "model": server.model})) as judge:
+        with make_judge(_config(server.base_url, server.model)) as judge:
             rate, unreadable = judge_win_rate(judge, questions, processed, baseline)
         bodies = server.posted()
     assert len(bodies) == 8 and unreadable == 0
@@ -66,11 +73,9 @@ def test_judge_compares_both_orders_through_a_local_endpoint() -> None:
 
 
 def test_position_bias_cancels_and_unreadable_counts_as_tie() -> None:
-    with FakeOpenAIServer(lambda body: "A") as server, make_judge(
-            parse_judge({"base_url": server.base_url, "model": "m"})) as judge:
+    with FakeOpenAIServer(lambda body: "A") as server, make_judge(_config(server.base_url)) as judge:
         assert judge_win_rate(judge, ["q"], ["x"], ["y"]) == (0.5, 0)
-    with FakeOpenAIServer(lambda body: "I cannot say") as server, make_judge(
-            parse_judge({"base_url": server.base_url, "model": "m"})) as judge:
+    with FakeOpenAIServer(lambda body: "I cannot say") as server, make_judge(_config(server.base_url)) as judge:
         assert judge_win_rate(judge, ["q", "r"], ["x", "x"], ["y", "y"]) == (0.5, 4)
 
 
@@ -80,6 +85,6 @@ def test_judge_config_is_checked() -> None:
     with pytest.raises(EvaluationError, match="judge option 'temperature'"):
         parse_judge({"base_url": "http://127.0.0.1:1", "model": "m", "temperature": 1})
     with pytest.raises(EvaluationError, match="not loopback"):
-        make_judge(parse_judge({"base_url": "https://api.example.com/v1", "model": "m"}))  # type: ignore[arg-type]
+        make_judge(_config("https://api.example.com/v1"))
     with pytest.raises(EvaluationError, match="one answer per question"):
         judge_win_rate(None, ["q"], [], ["a"])  # type: ignore[arg-type]

@@ -58,8 +58,8 @@ def test_a_worker_past_its_time_limit_is_killed_with_its_children(tiny_model: Pa
     monkeypatch.setenv(FAULT_ENV, "hang")  # the worker starts a child of its own, then sleeps
     work = tmp_path / "work"
     work.mkdir()
-    with pytest.raises(WorkerTimeout, match="ran past 4 s") as e:
-        run_in_worker(_job(tiny_model), {"processed": held_out, "eval": held_out}, timeout_s=4, work_dir=work)
+    with pytest.raises(WorkerTimeout, match="ran past 3 s") as e:
+        run_in_worker(_job(tiny_model), {"processed": held_out, "eval": held_out}, timeout_s=3, work_dir=work)
     assert e.value.status is TaskStatus.FAILED_TIMEOUT and e.value.pid is not None
     deadline = time.monotonic() + 5
     while _live_members(e.value.pid) and time.monotonic() < deadline:

@@ -179,3 +179,21 @@ def chat_by_language(llm: LLMBackend, template: PromptTemplate, items: Sequence[
         for i, reply in zip(idx, out, strict=True):
             replies[i] = reply
     return replies
+
+
+PAIR_QUESTION_CHARS, PAIR_ANSWER_CHARS = 800, 2500  # what of a row goes into a rewrite prompt, at most
+
+
+def ask_about_pairs(llm: LLMBackend, template: PromptTemplate, questions: Sequence[str], answers: Sequence[str],
+                    *, only_if_short: bool, short_chars: int, max_new_tokens: int,
+                    seed: int = 0) -> tuple[list[int], list[str]]:
+    """For the rows with both a question and an answer (and, with ``only_if_short``, an answer shorter than
+    ``short_chars``), one reply each to ``template`` filled with the clipped pair: (row indices, replies)."""
+    todo = [i for i in range(len(questions)) if questions[i].strip() and answers[i].strip()
+            and (not only_if_short or len(answers[i].strip()) < short_chars)]
+    if not todo:
+        return [], []
+    items = [(detect_language(questions[i], answers[i]),
+              {"instruction": clip(questions[i], PAIR_QUESTION_CHARS), "answer": clip(answers[i], PAIR_ANSWER_CHARS)})
+             for i in todo]
+    return todo, chat_by_language(llm, template, items, max_new_tokens=max_new_tokens, seed=seed)

@@ -14,14 +14,13 @@ from typing import cast
 from pydantic import Field
 
 from protos.views import Team
-from site_agent.llm.prompting import chat_by_language, clean_reply, clip, detect_language, load_prompt, split_pair
+from site_agent.llm.prompting import ask_about_pairs, clean_reply, load_prompt, split_pair
 from site_agent.operators.base import Batch, Operator, OperatorParams, batch_size
 from site_agent.operators.registry import register_operator
 
 __all__ = ["RewriteAnswer", "RewriteAnswerParams", "accept_answer"]
 
 log = logging.getLogger(__name__)
-_QUESTION_CHARS, _ANSWER_CHARS = 800, 2500
 
 
 class RewriteAnswerParams(OperatorParams):
@@ -52,15 +51,11 @@ class RewriteAnswer(Operator):
         p = cast(RewriteAnswerParams, self.params)
         n = batch_size(batch)
         questions, answers = batch["instruction"], batch["answer"]
-        todo = [i for i in range(n) if questions[i].strip() and answers[i].strip()
-                and (not p.only_if_short or len(answers[i].strip()) < p.short_chars)]
+        todo, replies = ask_about_pairs(self.context.llm(), load_prompt(self.name, self.version), questions,
+                                        answers, only_if_short=p.only_if_short, short_chars=p.short_chars,
+                                        max_new_tokens=p.max_new_tokens, seed=self.context.seed)
         if not todo:
             return batch, [True] * n
-        items = [(detect_language(questions[i], answers[i]), {"instruction": clip(questions[i], _QUESTION_CHARS),
-                                                              "answer": clip(answers[i], _ANSWER_CHARS)})
-                 for i in todo]
-        replies = chat_by_language(self.context.llm(), load_prompt(self.name, self.version), items,
-                                   max_new_tokens=p.max_new_tokens, seed=self.context.seed)
         out = list(answers)
         for i, reply in zip(todo, replies, strict=True):
             text = accept_answer(answers[i], reply, questions[i], p.min_keep_ratio)

@@ -15,7 +15,7 @@ from typing import cast
 from pydantic import Field
 
 from protos.views import Team
-from site_agent.llm.prompting import chat_by_language, clip, detect_language, load_prompt, split_pair
+from site_agent.llm.prompting import ask_about_pairs, load_prompt, split_pair
 from site_agent.operators.base import Batch, Operator, OperatorParams, batch_size
 from site_agent.operators.optimization.rewrite_answer import accept_answer
 from site_agent.operators.optimization.rewrite_question import accept_question
@@ -24,7 +24,6 @@ from site_agent.operators.registry import register_operator
 __all__ = ["RewritePair", "RewritePairParams"]
 
 log = logging.getLogger(__name__)
-_QUESTION_CHARS, _ANSWER_CHARS = 800, 2500
 
 
 class RewritePairParams(OperatorParams):
@@ -46,15 +45,11 @@ class RewritePair(Operator):
         p = cast(RewritePairParams, self.params)
         n = batch_size(batch)
         questions, answers = batch["instruction"], batch["answer"]
-        todo = [i for i in range(n) if questions[i].strip() and answers[i].strip()
-                and (not p.only_if_short or len(answers[i].strip()) < p.short_chars)]
+        todo, replies = ask_about_pairs(self.context.llm(), load_prompt(self.name, self.version), questions,
+                                        answers, only_if_short=p.only_if_short, short_chars=p.short_chars,
+                                        max_new_tokens=p.max_new_tokens, seed=self.context.seed)
         if not todo:
             return batch, [True] * n
-        items = [(detect_language(questions[i], answers[i]), {"instruction": clip(questions[i], _QUESTION_CHARS),
-                                                              "answer": clip(answers[i], _ANSWER_CHARS)})
-                 for i in todo]
-        replies = chat_by_language(self.context.llm(), load_prompt(self.name, self.version), items,
-                                   max_new_tokens=p.max_new_tokens, seed=self.context.seed)
         out_q, out_a = list(questions), list(answers)
         for i, reply in zip(todo, replies, strict=True):
             pair = split_pair(reply)

@@ -1,4 +1,3 @@
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -6,10 +5,10 @@ import pytest
 from protos.views import ParamValue
 from site_agent.data.toy import make_toy_dataset
 from site_agent.errors import OperatorError
-from site_agent.llm.base import LLMBackend
 from site_agent.operators import create_operator
 from site_agent.operators.context import RunContext
 from site_agent.operators.selection.perplexity_filter import PerplexityFilter
+from tests.unit.site_agent.operators.scoring_llm import ScoringOnlyLLM as Memo
 
 pytestmark = pytest.mark.slow  # loads SmolLM2-135M once for the module
 
@@ -19,32 +18,11 @@ GARBAGE = [
 ]
 
 
-class Memo:
-    """The real backend, with each (prompt, completion) scored once: the tests rerun the operator with
-    other parameters on the same rows, and the model is what is slow."""
-
-    def __init__(self, llm: LLMBackend) -> None:
-        self.inner, self.name, self.calls = llm, llm.name, 0
-        self._seen: dict[tuple[str, str], float] = {}
-
-    def chat(self, prompts: Sequence[str], *, system: str | None = None, max_new_tokens: int = 128,
-             temperature: float = 0.0, seed: int = 0) -> list[str]:
-        raise AssertionError("perplexity_filter must not generate")
-
-    def completion_loss(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        todo = [k for k in dict.fromkeys(zip(prompts, completions, strict=True)) if k not in self._seen]
-        if todo:
-            self.calls += 1
-            losses = self.inner.completion_loss([p for p, _ in todo], [c for _, c in todo])
-            self._seen.update(zip(todo, losses, strict=True))
-        return [self._seen[k] for k in zip(prompts, completions, strict=True)]
-
-
 @pytest.fixture(scope="module")
 def llm() -> Memo:
     from site_agent.llm.local_hf import LocalHF
 
-    return Memo(LocalHF())
+    return Memo(LocalHF(), "perplexity_filter")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from protos.config import StrictModel, TLSFiles, load_yaml_model
 from protos.views import EvalSettings, Ident
@@ -12,9 +12,24 @@ from protos.views import EvalSettings, Ident
 __all__ = ["CoordinatorConfig", "SearchConfig", "TLSFiles", "load_config"]
 
 
+class AgentConfig(StrictModel):
+    """The LLM meta-agent's OpenAI-compatible endpoint (``vllm serve`` in production); never sees data."""
+
+    base_url: str = Field(description="server root, e.g. http://127.0.0.1:8000")
+    model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    allow_non_local: bool = False
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_reasks: int = Field(default=2, ge=0, le=10)
+    backoff_s: float = Field(default=0.5, gt=0, le=60)
+    max_tokens: int | None = Field(default=None, ge=64, le=32_768)
+
+
 class SearchConfig(StrictModel):
     search_id: Ident = "search-1"
-    proposer: str = Field(default="random", pattern=r"^(random)$")
+    proposer: str = Field(default="random", pattern=r"^(random|evolutionary|tpe|llm)$")
     rounds: int = Field(default=5, ge=1, le=100)
     strategies_per_round: int = Field(default=4, ge=1, le=64)
     max_strategy_length: int = Field(default=3, ge=1, le=16)
@@ -26,6 +41,13 @@ class SearchConfig(StrictModel):
     task_deadline_s: int = Field(default=900, ge=1, le=86_400)
     max_attempts: int = Field(default=3, ge=1, le=20)
     report: Path = Path("search-report.json")
+    agent: AgentConfig | None = Field(default=None, description="required when proposer is llm")
+
+    @model_validator(mode="after")
+    def _agent_for_llm(self) -> SearchConfig:
+        if self.proposer == "llm" and self.agent is None:
+            raise ValueError("proposer 'llm' needs an 'agent' section (base_url, model)")
+        return self
 
 
 class CoordinatorConfig(StrictModel):

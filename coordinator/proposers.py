@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from protos.views import OperatorCall, OperatorSpec, ParamSpec, ParamType, ParamValue, Strategy
 
@@ -74,7 +74,26 @@ class RandomProposer:
         return out
 
 
-_PROPOSERS: dict[str, Callable[..., Proposer]] = {"random": RandomProposer}
+def _evolutionary(**options: Any) -> Proposer:
+    from coordinator.baselines.evolutionary import EvolutionaryProposer  # lazy: baselines import this module
+
+    return EvolutionaryProposer(**options)
+
+
+def _tpe(**options: Any) -> Proposer:
+    from coordinator.baselines.tpe import TPEProposer  # lazy: optuna only loads when TPE is used
+
+    return TPEProposer(**options)
+
+
+def _llm(**options: Any) -> Proposer:
+    from coordinator.agent import LLMProposer  # lazy: httpx and the prompt files load only for the meta-agent
+
+    return LLMProposer(**options)
+
+
+_PROPOSERS: dict[str, Callable[..., Proposer]] = {"random": RandomProposer, "evolutionary": _evolutionary,
+                                                  "tpe": _tpe, "llm": _llm}
 
 
 def register_proposer(name: str, factory: Callable[..., Proposer]) -> None:

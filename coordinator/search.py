@@ -116,7 +116,8 @@ def run_search(service: CoordinatorService, cfg: SearchConfig, stop: threading.E
         log.info("search %s started", cfg.search_id)
     else:
         log.info("search %s resumed from the store", cfg.search_id)
-    proposer = create_proposer(cfg.proposer, seed=cfg.seed, max_length=cfg.max_strategy_length)
+    extra = cfg.agent.model_dump() if cfg.proposer == "llm" and cfg.agent is not None else {}
+    proposer = create_proposer(cfg.proposer, seed=cfg.seed, max_length=cfg.max_strategy_length, **extra)
     existing = dict(store.get_rounds(cfg.search_id))
     sites = _wait_for_sites(service, cfg, stop)
     reason = "completed all rounds"

@@ -1,0 +1,32 @@
+"""The LLM meta-agent: proposes strategies from the operator catalog and past scores, through a model
+behind an OpenAI-compatible server (production: ``vllm serve``). It never sees data: the catalog, the
+scores and ids are all it is given.
+
+Registered as proposer ``llm`` in :mod:`coordinator.proposers` (imported lazily there, so a random search
+does not load httpx).
+"""
+
+from __future__ import annotations
+
+from coordinator.agent.client import ChatClient, check_local_url
+from coordinator.agent.errors import AgentConfigError, AgentError
+from coordinator.agent.prompting import PROMPT_VERSION, build_messages, render_comparison
+from coordinator.agent.proposer import LLMProposer, ProposalLog
+from coordinator.agent.repair import RepairReport, repair_answer
+from coordinator.agent.schema import answer_schema, catalog_for_prompt
+
+__all__ = [
+    "PROMPT_VERSION",
+    "AgentConfigError",
+    "AgentError",
+    "ChatClient",
+    "LLMProposer",
+    "ProposalLog",
+    "RepairReport",
+    "answer_schema",
+    "build_messages",
+    "catalog_for_prompt",
+    "check_local_url",
+    "render_comparison",
+    "repair_answer",
+]

@@ -1,0 +1,148 @@
+"""A small chat client for the meta-agent's OpenAI-compatible server (production: ``vllm serve``).
+
+The answer is constrained twice, so that either server style enforces the schema: the OpenAI
+``response_format`` (``json_schema``, strict) and vLLM's ``guided_json`` extra field. A server that rejects
+those fields (HTTP 400/422) is asked once more without them; the proposer validates and repairs every
+answer anyway, so guided decoding is a help, never a trust boundary.
+
+Prompts carry only catalog names, numbers and ids, but the endpoint is still refused unless it is loopback,
+a private address or a site-local name: a mistyped or copied public URL should fail loudly, and a hosted
+model is a decision to state (``allow_non_local``). Names are not resolved. Nothing here logs or raises
+with prompt or reply text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from coordinator.agent.errors import AgentConfigError, AgentError
+
+__all__ = ["ChatClient", "check_local_url"]
+
+log = logging.getLogger("autodp.agent")
+
+_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_NO_GUIDED_STATUS = frozenset({400, 422})
+_LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa", ".localdomain")
+_MAX_REPLY_CHARS = 1_000_000  # a reply bigger than this is junk; parsing it would only waste time
+
+
+class _StatusError(AgentError):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the meta-agent endpoint refused the request: HTTP {status}")
+        self.status = status
+
+
+def check_local_url(base_url: str, allow_non_local: bool = False) -> str:
+    """The server root of ``base_url`` (a trailing ``/v1`` removed); raises AgentConfigError when the host
+    is not loopback, private or site-local and ``allow_non_local`` is False."""
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError):
+        raise AgentConfigError("agent.base_url: not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise AgentConfigError("agent.base_url: needs an http(s) URL with a host")
+    host = url.host.lower().rstrip(".")
+    try:
+        ip = ipaddress.ip_address(host)
+        local = ip.is_loopback or ip.is_private or ip.is_link_local
+    except ValueError:
+        local = host == "localhost" or "." not in host or host.endswith(_LOCAL_SUFFIXES)
+    if not local and not allow_non_local:
+        raise AgentConfigError(
+            f"agent.base_url: host '{host}' is not loopback, private or site-local (set agent.allow_non_local: "
+            "true to use a model served elsewhere)")
+    root = str(url.copy_with(query=None, fragment=None)).rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+class ChatClient:
+    """``POST /v1/chat/completions`` with a JSON-schema-constrained answer, bounded retries on transport
+    errors and 408/429/5xx with jittered exponential backoff."""
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 60.0,
+                 max_retries: int = 2, backoff_s: float = 0.5, allow_non_local: bool = False,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        if not model:
+            raise AgentConfigError("agent.model: the served model name is required")
+        if not timeout_s > 0 or max_retries < 0 or not backoff_s >= 0:
+            raise AgentConfigError("agent: timeout_s must be > 0, max_retries >= 0 and backoff_s >= 0")
+        self.base_url = check_local_url(base_url, allow_non_local)
+        self.model, self.max_retries, self.backoff_s = model, max_retries, backoff_s
+        self.guided = True  # cleared for good once the server refuses the structured-output fields
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # trust_env=False: no proxy from the environment, requests go to the checked host and nowhere else
+        self._client = httpx.Client(base_url=self.base_url, headers=headers, transport=transport, trust_env=False,
+                                    timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)))
+        self._jitter = random.Random()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        attempts = self.max_retries + 1
+        why = ""
+        for attempt in range(attempts):
+            try:
+                resp = self._client.post(path, json=body)
+            except httpx.TransportError as e:  # connect errors and timeouts alike
+                why = type(e).__name__
+            else:
+                if resp.status_code < 400:
+                    try:
+                        data = resp.json()
+                    except ValueError:
+                        raise AgentError("the meta-agent endpoint returned a reply that is not JSON") from None
+                    if not isinstance(data, dict):
+                        raise AgentError("the meta-agent endpoint returned a reply that is not a JSON object")
+                    return data
+                if resp.status_code not in _RETRY_STATUS:
+                    raise _StatusError(resp.status_code)
+                why = f"HTTP {resp.status_code}"
+            log.warning("meta-agent call failed (%s), attempt %d of %d", why, attempt + 1, attempts)
+            if attempt + 1 < attempts:
+                cap = min(30.0, self.backoff_s * 2**attempt)
+                time.sleep(cap * self._jitter.uniform(0.5, 1.0))
+        raise AgentError(f"the meta-agent endpoint failed after {attempts} attempts ({why})")
+
+    def chat_json(self, messages: Sequence[dict[str, str]], schema: dict[str, Any], *, name: str = "strategies",
+                  temperature: float = 0.7, max_tokens: int = 2048, seed: int | None = None) -> str:
+        """The assistant's reply text (expected, not trusted, to be JSON following ``schema``)."""
+        body: dict[str, Any] = {"model": self.model, "messages": list(messages), "temperature": temperature,
+                                "max_tokens": max_tokens}
+        if seed is not None:
+            body["seed"] = seed
+        guided = {"response_format": {"type": "json_schema",
+                                      "json_schema": {"name": name, "schema": schema, "strict": True}},
+                  "guided_json": schema}
+        try:
+            data = self._post("/v1/chat/completions", {**body, **guided} if self.guided else body)
+        except _StatusError as e:
+            if not (self.guided and e.status in _NO_GUIDED_STATUS):
+                raise
+            log.warning("the meta-agent endpoint refused structured output (HTTP %d); asking without it",
+                        e.status)
+            self.guided = False
+            data = self._post("/v1/chat/completions", body)
+        try:
+            content = data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise AgentError("the meta-agent endpoint returned a malformed chat reply") from None
+        if content is None:
+            return ""
+        if not isinstance(content, str):
+            raise AgentError("the meta-agent endpoint returned a malformed chat reply")
+        return content[:_MAX_REPLY_CHARS]

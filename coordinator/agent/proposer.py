@@ -1,0 +1,127 @@
+"""The LLM meta-agent proposer (LLM-AutoDP): the search's :class:`~coordinator.proposers.Proposer` backed
+by a model behind an OpenAI-compatible server.
+
+Round 1 asks for K diverse strategies from few teams each. Later rounds show the group relative comparison
+of every round so far (rank, score, difference from the round mean, comparison with no processing, what
+the best did differently from the worst) and ask for K new strategies that keep what the best did.
+
+Every answer is untrusted: parsed, repaired and checked against the catalog and the history
+(:mod:`coordinator.agent.repair`). When fewer than K valid new strategies remain the model is asked again
+(bounded), told only counts and catalog names of what was wrong; what is still missing is filled with
+seeded random strategies and logged. A failing endpoint degrades the round to random search, never stops
+it; only a bad setting (URL, model, key variable) raises, at construction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from coordinator.agent.client import ChatClient
+from coordinator.agent.errors import AgentConfigError, AgentError
+from coordinator.agent.prompting import PROMPT_VERSION, build_messages, render_reask
+from coordinator.agent.repair import repair_answer
+from coordinator.agent.schema import answer_schema
+from coordinator.proposers import RandomProposer, ScoredStrategy
+from protos.catalog import check_strategy, index_catalog
+from protos.views import OperatorSpec, Strategy
+
+__all__ = ["LLMProposer", "ProposalLog"]
+
+log = logging.getLogger("autodp.agent")
+
+
+@dataclass(frozen=True)
+class ProposalLog:
+    """How one ``propose`` call went, in counts (kept on the proposer as ``last``)."""
+
+    round_no: int
+    asked: int
+    llm_calls: int
+    from_llm: int
+    random_filled: int
+    problems: tuple[str, ...]  # one RepairReport summary per answer
+    prompt_version: str = PROMPT_VERSION
+
+
+class LLMProposer:
+    name = "llm"
+
+    def __init__(self, base_url: str, model: str, seed: int = 0, max_length: int = 3, timeout_s: float = 60.0,
+                 max_retries: int = 2, api_key_env: str | None = None, allow_non_local: bool = False,
+                 temperature: float = 0.7, *, max_reasks: int = 2, backoff_s: float = 0.5,
+                 max_tokens: int | None = None) -> None:
+        if max_length < 1 or max_reasks < 0 or not 0.0 <= temperature <= 2.0:
+            raise AgentConfigError("agent: max_length must be >= 1, max_reasks >= 0, temperature in [0, 2]")
+        api_key = None
+        if api_key_env:
+            api_key = os.environ.get(api_key_env)
+            if not api_key:
+                raise AgentConfigError(f"agent.api_key_env: environment variable {api_key_env} is not set")
+        self.client = ChatClient(base_url, model, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries,
+                                 backoff_s=backoff_s, allow_non_local=allow_non_local)
+        self.seed, self.max_length, self.temperature = seed, max_length, temperature
+        self.max_reasks, self.max_tokens = max_reasks, max_tokens
+        self.last: ProposalLog | None = None
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _tokens(self, k: int) -> int:
+        # room for k strategies of max_length steps (~100 tokens a step) plus some slack; bounded so a
+        # small served context is not overrun
+        return self.max_tokens or min(8192, 256 + 100 * k * self.max_length)
+
+    def propose(self, round_no: int, k: int, catalog: Sequence[OperatorSpec],
+                history: Sequence[ScoredStrategy]) -> list[Strategy]:
+        if k < 1 or not catalog:
+            return []
+        index = index_catalog(catalog)
+        seen = {h.strategy.key for h in history}
+        messages = build_messages(round_no, k, self.max_length, catalog, history)
+        chosen: list[Strategy] = []
+        problems: list[str] = []
+        calls = 0
+        for attempt in range(1 + self.max_reasks):
+            need = k - len(chosen)
+            if need <= 0:
+                break
+            asked = messages
+            if attempt:  # one user turn (some chat templates refuse two in a row), listing what was kept
+                asked = build_messages(round_no, need, self.max_length, catalog,
+                                       [*history, *(ScoredStrategy(round_no, s, None) for s in chosen)])
+                asked[1]["content"] += "\n\n" + render_reask(problems[-1], need)
+            calls += 1
+            try:
+                text = self.client.chat_json(asked, answer_schema(catalog, need, self.max_length),
+                                             temperature=self.temperature, max_tokens=self._tokens(need),
+                                             seed=self.seed * 1_000 + round_no * 10 + attempt)
+            except AgentError as e:
+                log.warning("round %d: the meta-agent gave no answer (%s)", round_no, e)
+                problems.append("no answer")
+                break
+            got, report = repair_answer(text, index, self.max_length, seen, need)
+            seen.update(s.key for s in got)
+            chosen += got
+            problems.append(report.summary())
+            log.info("round %d: meta-agent answer %d: %s", round_no, attempt + 1, problems[-1])
+        from_llm = len(chosen)
+        if len(chosen) < k:
+            filler = RandomProposer(seed=self.seed, max_length=self.max_length)
+            known = [*history, *(ScoredStrategy(round_no, s, None) for s in chosen)]
+            chosen += filler.propose(round_no, k - len(chosen), catalog, known)
+            log.warning("round %d: meta-agent gave %d of %d valid new strategies; filled %d with seeded random "
+                        "ones", round_no, from_llm, k, len(chosen) - from_llm)
+        # the last gate: nothing invalid or already seen leaves here, whatever happened above
+        history_keys = {h.strategy.key for h in history}
+        out: list[Strategy] = []
+        for s in chosen:
+            if s.key in history_keys or check_strategy(s, index, self.max_length):
+                continue
+            history_keys.add(s.key)
+            out.append(s)
+        self.last = ProposalLog(round_no=round_no, asked=k, llm_calls=calls, from_llm=from_llm,
+                                random_filled=len(chosen) - from_llm, problems=tuple(problems))
+        return out[:k]

@@ -81,7 +81,7 @@ def _evolutionary(**options: Any) -> Proposer:
 
 
 def _tpe(**options: Any) -> Proposer:
-    from coordinator.baselines.tpe import TPEProposer  # lazy: optuna only loads when TPE is used
+    from coordinator.baselines.tpe import TPEProposer  # lazy, as above (optuna itself loads on first propose)
 
     return TPEProposer(**options)
 

@@ -51,7 +51,7 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> Path:
 
 
 def provision(workdir: Path, site_ids: list[str], rounds: int, k: int, samples: int, port: int,
-              sample_rate_permille: int = 200) -> Path:
+              sample_rate_permille: int = 200, proposer: str = "random") -> Path:
     """Create certificates, data, policy and configs; return the coordinator's config path."""
     certs = workdir / "certs"
     init_ca(certs)
@@ -80,7 +80,7 @@ def provision(workdir: Path, site_ids: list[str], rounds: int, k: int, samples: 
         "tls": {"cert": "certs/coordinator.crt", "key": "certs/coordinator.key", "ca": "certs/ca.crt"},
         "audit_key": "certs/coordinator.audit.key", "sites": site_ids, "poll_wait_ms": 1000,
         "lease_s": 60,
-        "search": {"search_id": "demo-search", "rounds": rounds, "strategies_per_round": k,
+        "search": {"search_id": "demo-search", "proposer": proposer, "rounds": rounds, "strategies_per_round": k,
                    "min_sites": len(site_ids), "wait_for_sites_s": 900, "round_deadline_s": 300,
                    "report": "search-report.json",
                    "settings": {"sample_rate_permille": sample_rate_permille}}})
@@ -108,14 +108,15 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
     return proc.wait(5)
 
 
-def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeout_s: float) -> dict[str, Any]:
+def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeout_s: float,
+             proposer: str = "random") -> dict[str, Any]:
     """Run the whole demo; return a summary (the e2e test reads it)."""
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     site_ids = [f"hospital-{chr(ord('a') + i)}" for i in range(sites)]
     port = free_port()
-    coord_cfg = provision(workdir, site_ids, rounds, k, samples, port)
+    coord_cfg = provision(workdir, site_ids, rounds, k, samples, port, proposer=proposer)
     console.print(f"[bold]1.[/bold] Provisioned a federation CA and certificates for the coordinator and "
                   f"{', '.join(site_ids)} (mutual TLS, Ed25519 audit keys) in {workdir / 'certs'}")
     console.print(f"[bold]2.[/bold] Built the PyCMeKG medical QA benchmark: each site holds {samples} private "
@@ -127,7 +128,7 @@ def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeo
     procs = {"coordinator": start_coordinator(coord_cfg, logs)}
     procs.update({site: start_site(workdir, site, logs) for site in site_ids})
     console.print(f"[bold]3.[/bold] Started the coordinator and {len(site_ids)} site agents as separate "
-                  f"processes on 127.0.0.1:{port}: {rounds} rounds x {k} strategies, random-search proposer; "
+                  f"processes on 127.0.0.1:{port}: {rounds} rounds x {k} strategies, proposer '{proposer}'; "
                   f"process logs in {logs}")
     deadline = time.monotonic() + timeout_s
     try:
@@ -211,10 +212,14 @@ def run(workdir: Path = typer.Option(Path("demo-run"), help="folder for the demo
         sites: int = typer.Option(2, min=1, max=8), rounds: int = typer.Option(3, min=1, max=20),
         k: int = typer.Option(4, min=1, max=16, help="strategies per round"),
         samples: int = typer.Option(1000, min=100, max=50_000, help="training pairs per site"),
-        timeout: float = typer.Option(900.0, help="give up after this many seconds")) -> None:
+        timeout: float = typer.Option(900.0, help="give up after this many seconds"),
+        proposer: str = typer.Option("tpe", help="tpe | evolutionary | random (the LLM meta-agent needs a "
+                                     "served model: see deploy/examples/coordinator.yaml)")) -> None:
     """Provision a federation on localhost and run a real multi-site strategy search."""
     try:
-        summary = run_demo(workdir.resolve(), sites, rounds, k, samples, timeout)
+        if proposer not in ("random", "evolutionary", "tpe"):
+            raise RuntimeError(f"unknown demo proposer '{proposer}': use random, evolutionary or tpe")
+        summary = run_demo(workdir.resolve(), sites, rounds, k, samples, timeout, proposer)
     except RuntimeError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(4) from None

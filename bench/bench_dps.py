@@ -37,7 +37,8 @@ def _synthetic(n: int, seed: int, dim: int = 512, clusters: int = 50) -> np.ndar
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim))
     x = centres[rng.integers(0, clusters, n)] + 0.8 * rng.standard_normal((n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    unit: np.ndarray = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return unit
 
 
 def load_embeddings(n: int, seed: int, benchmark: Path | None, synthetic: bool) -> tuple[np.ndarray, str]:
@@ -61,8 +62,8 @@ def load_embeddings(n: int, seed: int, benchmark: Path | None, synthetic: bool) 
     cache = EmbeddingCache(autodp_cache_dir() / "bench-embeddings")
     start = time.perf_counter()
     emb = cache.get_or_compute(create_embedder("use-m3"), texts)
-    took = time.perf_counter() - start
-    return emb, f"use-m3 embeddings of {len(texts)} {source} ({'cached' if cache.hits else f'embedded in {took:.0f} s'})"
+    how = "cached" if cache.hits else f"embedded in {time.perf_counter() - start:.0f} s"
+    return emb, f"use-m3 embeddings of {len(texts)} {source} ({how})"
 
 
 def _apricot(metric: str) -> Callable[[np.ndarray, int], np.ndarray]:

@@ -13,7 +13,6 @@ with prompt or reply text.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import httpx
 
 from coordinator.agent.errors import AgentConfigError, AgentError
+from protos.endpoints import site_local_root
 
 __all__ = ["ChatClient", "check_local_url"]
 
@@ -30,7 +30,6 @@ log = logging.getLogger("autodp.agent")
 
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _NO_GUIDED_STATUS = frozenset({400, 422})
-_LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa", ".localdomain")
 _MAX_REPLY_CHARS = 1_000_000  # a reply bigger than this is junk; parsing it would only waste time
 
 
@@ -41,26 +40,9 @@ class _StatusError(AgentError):
 
 
 def check_local_url(base_url: str, allow_non_local: bool = False) -> str:
-    """The server root of ``base_url`` (a trailing ``/v1`` removed); raises AgentConfigError when the host
-    is not loopback, private or site-local and ``allow_non_local`` is False."""
-    try:
-        url = httpx.URL(base_url)
-    except (httpx.InvalidURL, TypeError):
-        raise AgentConfigError("agent.base_url: not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise AgentConfigError("agent.base_url: needs an http(s) URL with a host")
-    host = url.host.lower().rstrip(".")
-    try:
-        ip = ipaddress.ip_address(host)
-        local = ip.is_loopback or ip.is_private or ip.is_link_local
-    except ValueError:
-        local = host == "localhost" or "." not in host or host.endswith(_LOCAL_SUFFIXES)
-    if not local and not allow_non_local:
-        raise AgentConfigError(
-            f"agent.base_url: host '{host}' is not loopback, private or site-local (set agent.allow_non_local: "
-            "true to use a model served elsewhere)")
-    root = str(url.copy_with(query=None, fragment=None)).rstrip("/")
-    return root[: -len("/v1")] if root.endswith("/v1") else root
+    """The server root of ``base_url``; AgentConfigError when the host is not on premises (see protos.endpoints)."""
+    return site_local_root(base_url, key="agent.base_url", allow_non_local=allow_non_local, error=AgentConfigError,
+                           hint="set agent.allow_non_local: true to use a model served elsewhere")
 
 
 class ChatClient:

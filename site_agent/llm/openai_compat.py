@@ -15,7 +15,6 @@ second request's ``usage.prompt_tokens``.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import random
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from protos.endpoints import site_local_root
 from site_agent.llm.errors import LLMConfigError, LLMError
 
 __all__ = ["OpenAICompat", "check_local_url"]
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa", ".localdomain")
 _NO_LOGPROBS = ("the LLM endpoint gives no prompt logprobs: completion_loss needs a vLLM-compatible server "
                 "(prompt_logprobs)")
 
@@ -46,27 +45,11 @@ class _StatusError(LLMError):
 
 
 def check_local_url(base_url: str, allow_non_local: bool = False) -> str:
-    """The server root of ``base_url`` (a trailing ``/v1`` removed); raises LLMConfigError when the
-    host is not on the site and ``allow_non_local`` is False."""
-    try:
-        url = httpx.URL(base_url)
-    except (httpx.InvalidURL, TypeError):
-        raise LLMConfigError("llm.base_url: not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise LLMConfigError("llm.base_url: needs an http(s) URL with a host")
-    host = url.host.lower().rstrip(".")
-    try:
-        ip = ipaddress.ip_address(host)
-        local = ip.is_loopback or ip.is_private or ip.is_link_local
-    except ValueError:
-        local = host == "localhost" or "." not in host or host.endswith(_LOCAL_SUFFIXES)
-    if not local and not allow_non_local:
-        raise LLMConfigError(
-            f"llm.base_url: host '{host}' is not loopback, private or site-local; prompts carry site data "
-            "and must never go to a remote service (set llm.allow_non_local: true only for a host inside "
-            "the site network)")
-    root = str(url.copy_with(query=None, fragment=None)).rstrip("/")
-    return root[: -len("/v1")] if root.endswith("/v1") else root
+    """The server root of ``base_url``; LLMConfigError when the host is not on the site (protos.endpoints)."""
+    return site_local_root(
+        base_url, key="llm.base_url", allow_non_local=allow_non_local, error=LLMConfigError,
+        hint="prompts carry site data and must never go to a remote service (set llm.allow_non_local: true only "
+             "for a host inside the site network)")
 
 
 def _first_logprob(entry: Any) -> float | None:

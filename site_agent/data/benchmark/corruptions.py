@@ -8,6 +8,7 @@ only rewrite text. Variants are chosen by the rng so one type is not one fixed s
 from __future__ import annotations
 
 import random
+from difflib import SequenceMatcher
 
 from site_agent.data.benchmark.pii import fake_email, fake_id_number, fake_mobile, fake_name, fake_record_number
 
@@ -31,10 +32,16 @@ def _letters(rng: random.Random, n: int) -> str:
     return "".join(rng.choice("abcdefghijkmnpqrstuvwxyz") for _ in range(n))
 
 
+NEAR_DUPLICATE_MIN_SIMILARITY = 0.88
+
+
 def near_duplicate(q: str, a: str, rng: random.Random) -> tuple[str, str]:
-    """A re-post of the same pair: punctuation width, stray spaces, a greeting, a typo."""
+    """A re-post of the same pair: punctuation width, stray spaces, a greeting, a typo. An edit that would
+    leave it less than NEAR_DUPLICATE_MIN_SIMILARITY alike (difflib ratio) is undone: on a short pair, two
+    edits can otherwise make a different-looking row rather than a re-post."""
     out_q, out_a = q, a
     for _ in range(rng.randint(1, 2)):
+        before = out_q, out_a
         v = rng.randrange(5)
         if v == 0:
             out_a = "".join(_FULL_TO_HALF.get(c, c) if rng.random() < 0.7 else c for c in out_a)
@@ -48,6 +55,8 @@ def near_duplicate(q: str, a: str, rng: random.Random) -> tuple[str, str]:
         elif len(out_a) > 4:
             i = rng.randrange(1, len(out_a) - 1)
             out_a = out_a[:i] + out_a[i + 1:] if rng.random() < 0.5 else out_a[:i] + out_a[i] + out_a[i:]
+        if SequenceMatcher(None, q + a, out_q + out_a).ratio() < NEAR_DUPLICATE_MIN_SIMILARITY:
+            out_q, out_a = before
     if (out_q, out_a) == (q, a):
         out_a = a + " "
     return out_q, out_a

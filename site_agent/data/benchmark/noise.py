@@ -2,12 +2,13 @@
 
 A share ``rate`` of the rows is damaged; how that share divides among the :data:`NOISE_TYPES` is the
 ``mix`` (relative weights), allocated exactly by largest remainder so a 20 % rate on 4 000 rows damages
-exactly 800. Each damaged row keeps its place; duplicates copy a *clean* row of the same batch (so the
+exactly 800. Each damaged row keeps its place; duplicates copy an *earlier* clean row of the batch (so the
 original is still there to be found), and a mismatched answer comes from a different subject.
 """
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -112,10 +113,16 @@ def inject_noise(pairs: Sequence[QAPair], *, rate: float, mix: Mapping[str, floa
         label = assigned.get(i, CLEAN)
         q, a, department, subject = p.instruction, p.answer, p.department, p.subject
         if label in ("exact_duplicate", "near_duplicate"):
-            src = pairs[rng.choice(clean_rows)]
-            q, a, department, subject = src.instruction, src.answer, src.department, src.subject
-            if label == "near_duplicate":
-                q, a = c.near_duplicate(q, a, rng)
+            # the copy of an EARLIER clean row, as in a scraped dump where the repeat comes after the
+            # original (and as exact_dedup keeps the first); a row before every clean row stays clean
+            earlier = bisect.bisect_left(clean_rows, i)
+            if earlier == 0:
+                label = CLEAN
+            else:
+                src = pairs[clean_rows[rng.randrange(earlier)]]
+                q, a, department, subject = src.instruction, src.answer, src.department, src.subject
+                if label == "near_duplicate":
+                    q, a = c.near_duplicate(q, a, rng)
         elif label == "qa_mismatch":
             a = pairs[_other_subject(pairs, i, rng)].answer
         elif label != CLEAN:

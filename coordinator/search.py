@@ -22,11 +22,12 @@ from coordinator.store import SearchState, SiteRecord, TaskState
 from protos.catalog import check_strategy, index_catalog
 from protos.views import OperatorSpec, Strategy, Task
 
-__all__ = ["ProgressFn", "common_catalog", "run_search", "task_id_for"]
+__all__ = ["ProgressFn", "RoundFn", "baseline_configs", "common_catalog", "run_search", "task_id_for"]
 
 log = logging.getLogger("autodp.search")
 
 ProgressFn = Callable[[int, int, int], None]  # (round_no, finished tasks, total tasks)
+RoundFn = Callable[[int, SearchOutcome], None]  # (round_no, the search so far) after each round
 FINAL = (TaskState.DONE, TaskState.FAILED)
 
 
@@ -109,40 +110,81 @@ def _wait_round(service: CoordinatorService, cfg: SearchConfig, round_no: int, s
             service.changed.wait(timeout=0.5)
 
 
+def _converged(outcome: SearchOutcome, cfg: SearchConfig) -> str | None:
+    """Why to stop early: the best score has not improved by more than ``min_improvement`` for ``patience``
+    rounds (None: go on)."""
+    if cfg.patience <= 0:
+        return None
+    rounds = outcome.rounds()
+    if len(rounds) <= cfg.patience:
+        return None
+    before = rounds[-cfg.patience - 1]["best_so_far"]
+    now = rounds[-1]["best_so_far"]
+    if now is None or (before is not None and now - before <= cfg.min_improvement):
+        return (f"converged: the best score improved by no more than {cfg.min_improvement:g} in the last "
+                f"{cfg.patience} round{'s' if cfg.patience > 1 else ''}")
+    return None
+
+
 def run_search(service: CoordinatorService, cfg: SearchConfig, stop: threading.Event,
-               progress: ProgressFn | None = None) -> SearchOutcome:
+               progress: ProgressFn | None = None, on_round: RoundFn | None = None) -> SearchOutcome:
+    """Run (or resume) the search ``cfg`` to its end; ``on_round`` sees the outcome after every round."""
     store = service.store
     if store.create_search(cfg.search_id, cfg.model_dump_json(), service.clock()):
-        log.info("search %s started", cfg.search_id)
+        log.info("search %s started (%s proposer)", cfg.search_id, cfg.proposer)
     else:
         log.info("search %s resumed from the store", cfg.search_id)
     extra = cfg.agent.model_dump() if cfg.proposer == "llm" and cfg.agent is not None else {}
     proposer = create_proposer(cfg.proposer, seed=cfg.seed, max_length=cfg.max_strategy_length, **extra)
-    existing = dict(store.get_rounds(cfg.search_id))
-    sites = _wait_for_sites(service, cfg, stop)
-    reason = "completed all rounds"
-    history: list[ScoredStrategy] = []
-    for round_no in range(1, cfg.rounds + 1):
-        if not sites and not stop.is_set():
-            reason = f"no site said hello within {cfg.wait_for_sites_s:.0f} s"
-            break
-        if stop.is_set():
-            reason = "stopped"
-            break
-        sites = [s for s in store.list_sites() if s.catalog] or sites
-        strategies = existing.get(round_no)
-        if strategies is None:
-            strategies = _propose_valid(proposer, round_no, cfg, sites, history)
-            if not strategies:
-                reason = f"round {round_no}: no new valid strategy could be proposed"
-                break
-            store.add_round(cfg.search_id, round_no, strategies)
-        _enqueue_round(service, cfg, round_no, strategies, sites)
-        _wait_round(service, cfg, round_no, stop, progress)
-        so_far = build_outcome(store, cfg.search_id)
-        history = [ScoredStrategy(o.round_no, o.strategy, o.aggregate) for o in so_far.strategies]
+    try:
+        reason = _loop(service, cfg, stop, proposer, progress, on_round)
+    finally:
+        close = getattr(proposer, "close", None)
+        if callable(close):
+            close()
     outcome: SearchOutcome = build_outcome(store, cfg.search_id)
     if not stop.is_set():
         store.set_search_state(cfg.search_id, SearchState.DONE, reason)
     return outcome.with_reason(reason if not stop.is_set() else "stopped")
 
+
+def _loop(service: CoordinatorService, cfg: SearchConfig, stop: threading.Event, proposer: Proposer,
+          progress: ProgressFn | None, on_round: RoundFn | None) -> str:
+    store = service.store
+    existing = dict(store.get_rounds(cfg.search_id))
+    sites = _wait_for_sites(service, cfg, stop)
+    history: list[ScoredStrategy] = []
+    for round_no in range(1, cfg.rounds + 1):
+        if stop.is_set():
+            return "stopped"
+        if not sites:
+            return f"no site said hello within {cfg.wait_for_sites_s:.0f} s"
+        sites = [s for s in store.list_sites() if s.catalog] or sites
+        strategies = existing.get(round_no)
+        if strategies is None:
+            strategies = _propose_valid(proposer, round_no, cfg, sites, history)
+            if not strategies:
+                return f"round {round_no}: no new valid strategy could be proposed"
+            store.add_round(cfg.search_id, round_no, strategies)
+        _enqueue_round(service, cfg, round_no, strategies, sites)
+        _wait_round(service, cfg, round_no, stop, progress)
+        so_far = build_outcome(store, cfg.search_id)
+        if on_round is not None and not stop.is_set():
+            on_round(round_no, so_far)
+        history = [ScoredStrategy(o.round_no, o.strategy, o.aggregate) for o in so_far.strategies]
+        why = _converged(so_far, cfg)
+        if why and round_no < cfg.rounds:
+            return f"{why} (after round {round_no} of {cfg.rounds})"
+    return f"completed all {cfg.rounds} rounds"
+
+
+def baseline_configs(cfg: SearchConfig, outcome: SearchOutcome) -> list[SearchConfig]:
+    """One search per configured baseline proposer, on the budget the search used (rounds it ran, same K,
+    seed and settings), never stopping early: the report compares best-so-far curves at equal budget."""
+    rounds = max((o.round_no for o in outcome.strategies), default=0)
+    if rounds == 0:
+        return []
+    return [cfg.model_copy(update={"search_id": f"{cfg.search_id}-{name}", "proposer": name, "rounds": rounds,
+                                   "patience": 0, "baselines": [], "agent": None,
+                                   "report": cfg.report.with_name(f"{cfg.report.stem}-{name}.json")})
+            for name in cfg.baselines if name != cfg.proposer]

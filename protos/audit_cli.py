@@ -105,8 +105,10 @@ def describe_view(view: object) -> str:
     if isinstance(view, ResultReport):
         return (f"Result {view.task_id}: status {view.status.value}, score {view.score:+.4f}, "
                 f"epsilon spent {view.epsilon_spent}, remaining {view.epsilon_remaining}; "
-                f"eval {view.eval_seconds} s, processing {view.processing_seconds} s, "
-                f"{view.cache_hits} cache hits, {view.operators_run} operators run")
+                f"eval {view.eval_ms / 1000:g} s, processing {view.processing_ms / 1000:g} s, "
+                f"{view.cache_hits} steps from cache (saving {view.cache_saved_ms / 1000:g} s), "
+                f"{view.operators_run} operators run, sample {view.sampled_permille / 10:g}% of the data, "
+                f"processed {view.targets_permille / 10:g}% of the sample")
     if isinstance(view, ResultAck):
         if not view.accepted:
             return "Result acknowledgement (NOT accepted)"

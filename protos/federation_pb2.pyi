@@ -254,28 +254,34 @@ class PollReply(_message.Message):
     def __init__(self, has_task: _Optional[bool] = ..., task: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
 
 class ResultReport(_message.Message):
-    __slots__ = ("task_id", "site_id", "status", "score", "epsilon_spent", "epsilon_remaining", "eval_seconds", "processing_seconds", "cache_hits", "operators_run")
+    __slots__ = ("task_id", "site_id", "status", "score", "epsilon_spent", "epsilon_remaining", "eval_ms", "processing_ms", "cache_hits", "operators_run", "cache_saved_ms", "sampled_permille", "targets_permille")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
     EPSILON_REMAINING_FIELD_NUMBER: _ClassVar[int]
-    EVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    PROCESSING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_MS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     OPERATORS_RUN_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SAVED_MS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_PERMILLE_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_PERMILLE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     site_id: str
     status: TaskStatus
     score: float
     epsilon_spent: float
     epsilon_remaining: float
-    eval_seconds: int
-    processing_seconds: int
+    eval_ms: int
+    processing_ms: int
     cache_hits: int
     operators_run: int
-    def __init__(self, task_id: _Optional[str] = ..., site_id: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., score: _Optional[float] = ..., epsilon_spent: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., eval_seconds: _Optional[int] = ..., processing_seconds: _Optional[int] = ..., cache_hits: _Optional[int] = ..., operators_run: _Optional[int] = ...) -> None: ...
+    cache_saved_ms: int
+    sampled_permille: int
+    targets_permille: int
+    def __init__(self, task_id: _Optional[str] = ..., site_id: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., score: _Optional[float] = ..., epsilon_spent: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., eval_ms: _Optional[int] = ..., processing_ms: _Optional[int] = ..., cache_hits: _Optional[int] = ..., operators_run: _Optional[int] = ..., cache_saved_ms: _Optional[int] = ..., sampled_permille: _Optional[int] = ..., targets_permille: _Optional[int] = ...) -> None: ...
 
 class ResultAck(_message.Message):
     __slots__ = ("accepted", "duplicate")

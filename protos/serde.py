@@ -184,8 +184,9 @@ def to_pb(view: Any) -> Message:
         return pb.ResultReport(
             task_id=view.task_id, site_id=view.site_id, status=_enum_to_pb("TASK_STATUS", view.status),
             score=view.score, epsilon_spent=view.epsilon_spent, epsilon_remaining=view.epsilon_remaining,
-            eval_seconds=view.eval_seconds, processing_seconds=view.processing_seconds,
-            cache_hits=view.cache_hits, operators_run=view.operators_run)
+            eval_ms=view.eval_ms, processing_ms=view.processing_ms, cache_hits=view.cache_hits,
+            operators_run=view.operators_run, cache_saved_ms=view.cache_saved_ms,
+            sampled_permille=view.sampled_permille, targets_permille=view.targets_permille)
     if isinstance(view, ResultAck):
         return pb.ResultAck(accepted=view.accepted, duplicate=view.duplicate)
     raise TypeError(f"no protobuf message for {type(view).__name__}")
@@ -260,8 +261,9 @@ def _convert(msg: Message) -> Any:
             task_id=msg.task_id, site_id=msg.site_id,
             status=_enum_from_pb("TASK_STATUS", TaskStatus, msg.status, "status"), score=msg.score,
             epsilon_spent=msg.epsilon_spent, epsilon_remaining=msg.epsilon_remaining,
-            eval_seconds=msg.eval_seconds, processing_seconds=msg.processing_seconds,
-            cache_hits=msg.cache_hits, operators_run=msg.operators_run)
+            eval_ms=msg.eval_ms, processing_ms=msg.processing_ms, cache_hits=msg.cache_hits,
+            operators_run=msg.operators_run, cache_saved_ms=msg.cache_saved_ms,
+            sampled_permille=msg.sampled_permille, targets_permille=msg.targets_permille)
     if isinstance(msg, pb.ResultAck):
         return ResultAck(accepted=msg.accepted, duplicate=msg.duplicate)
     raise TypeError(f"no typed view for {type(msg).__name__}")

@@ -40,6 +40,8 @@ __all__ = [
     "Task",
     "TaskStatus",
     "Team",
+    "coarse_ms",
+    "permille",
     "size_bucket_for",
 ]
 
@@ -321,6 +323,16 @@ class PollReply(_Frozen):
     task: Task | None = None
 
 
+def coarse_ms(seconds: float) -> int:
+    """Seconds as whole milliseconds rounded to 100 ms: timing on the wire stays coarse."""
+    return max(0, round(seconds * 10)) * 100 if math.isfinite(seconds) else 0
+
+
+def permille(part: int, whole: int) -> int:
+    """``part / whole`` in thousandths, clamped to [0, 1000]; 1000 when ``whole`` is 0 (nothing left out)."""
+    return 1000 if whole <= 0 else min(1000, max(0, round(1000 * part / whole)))
+
+
 class ResultReport(_Frozen):
     task_id: Ident
     site_id: Ident
@@ -328,10 +340,13 @@ class ResultReport(_Frozen):
     score: float = 0.0
     epsilon_spent: float = Field(default=0.0, ge=0.0)
     epsilon_remaining: float = Field(default=0.0, ge=0.0)
-    eval_seconds: int = Field(default=0, ge=0)
-    processing_seconds: int = Field(default=0, ge=0)
+    eval_ms: int = Field(default=0, ge=0)  # coarse timing, rounded to 100 ms (see coarse_ms)
+    processing_ms: int = Field(default=0, ge=0)
     cache_hits: int = Field(default=0, ge=0)
     operators_run: int = Field(default=0, ge=0)
+    cache_saved_ms: int = Field(default=0, ge=0)
+    sampled_permille: int = Field(default=1000, ge=0, le=1000)
+    targets_permille: int = Field(default=1000, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _finite(self) -> ResultReport:

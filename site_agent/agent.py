@@ -32,6 +32,8 @@ from protos.views import (
     Strategy,
     Task,
     TaskStatus,
+    coarse_ms,
+    permille,
     size_bucket_for,
 )
 from site_agent import __version__
@@ -167,8 +169,10 @@ class TaskRunner:
             return ResultReport(
                 task_id=task.task_id, site_id=self.site_id, status=TaskStatus.OK, score=score,
                 epsilon_spent=state.epsilon, epsilon_remaining=state.remaining,
-                eval_seconds=round(t2 - t1), processing_seconds=round(t1 - t0),
-                cache_hits=result.steps_reused, operators_run=result.operators_run)
+                eval_ms=coarse_ms(t2 - t1), processing_ms=coarse_ms(t1 - t0), cache_hits=result.steps_reused,
+                operators_run=result.operators_run, cache_saved_ms=coarse_ms(result.seconds_saved),
+                sampled_permille=permille(result.n_sampled, result.n_input),
+                targets_permille=permille(result.n_targets, result.n_sampled))
         held = self.ledger.state(task.task_id)
         if held is not None and not held.committed:
             self.ledger.commit(task.task_id, 0.0)  # nothing was released: nothing spent

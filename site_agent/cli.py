@@ -1,6 +1,8 @@
-"""``autodp site ...``: run a site agent, inspect what it publishes, make the toy demo data.
+"""``autodp site ...``: run a site agent, inspect what it publishes, apply a search's winning recipe to the
+site's data, make the toy demo data.
 
-Exit codes: 0 ok, 2 bad input (config, policy, data, certificates), 3 the coordinator refused this site.
+Exit codes: 0 ok, 2 bad input (config, policy, data, certificates, a recipe this site refuses, an output
+that exists), 3 the coordinator refused this site.
 """
 
 from __future__ import annotations
@@ -62,6 +64,43 @@ def catalog(config: Path = CONFIG) -> None:
     out = {spec.name: {"team": spec.team.value, "version": spec.version, "params": spec.json_schema()}
            for spec in published_catalog(policy)}
     typer.echo(json.dumps(out, indent=2))
+
+
+@app.command()
+def process(config: Path = CONFIG,
+            recipe: Path = typer.Option(..., "--recipe", "-r", help="the recipe YAML a search wrote"),
+            output: Path = typer.Option(..., "--output", "-o", help="where to write the processed dataset: "
+                                        ".jsonl, .parquet or .csv"),
+            screening: bool | None = typer.Option(
+                None, "--screening/--no-screening",
+                help="process only the rows the screening model marks noisy (default: as the recipe says)"),
+            force: bool = typer.Option(False, "--force", help="overwrite the output file if it exists"),
+            verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Apply a search's winning recipe to this site's FULL data and write the processed dataset locally.
+
+    The recipe is checked against this site's policy first, like any task; nothing leaves the site.
+    """
+    from rich.console import Console
+
+    from protos.recipe import load_recipe
+    from site_agent.config import load_config
+    from site_agent.process import process_dataset
+
+    setup_logging(verbose)
+    if output.exists() and not force:
+        raise _fail(f"{output} already exists (use --force to overwrite it)")
+    console = Console(stderr=True)
+    try:
+        cfg = load_config(config)
+        rec = load_recipe(recipe)
+        with console.status("applying the recipe") as status:
+            summary = process_dataset(cfg, rec, output, use_screening=screening, overwrite=force,
+                                      progress=lambda msg: status.update(msg))
+    except AutodpError as e:
+        raise _fail(str(e)) from None
+    for line in summary.lines():
+        typer.echo(line)
+    typer.echo(f"wrote {summary.rows_out} rows to {output}")
 
 
 @app.command("make-toy-data")

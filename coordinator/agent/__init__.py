@@ -1,6 +1,7 @@
 """The LLM meta-agent: proposes strategies from the operator catalog and past scores, through a model
-behind an OpenAI-compatible server (production: ``vllm serve``). It never sees data: the catalog, the
-scores and ids are all it is given.
+behind an OpenAI-compatible server (production: ``vllm serve``) or a small model on this machine's CPU
+(:class:`LocalChat`, torch and xgrammar loaded on first use). It never sees data: the catalog, the scores
+and ids are all it is given.
 
 Registered as proposer ``llm`` in :mod:`coordinator.proposers` (imported lazily there, so a random search
 does not load httpx).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from coordinator.agent.client import ChatClient, check_local_url
 from coordinator.agent.errors import AgentConfigError, AgentError
+from coordinator.agent.local import LocalChat
 from coordinator.agent.prompting import PROMPT_VERSION, build_messages, render_comparison
 from coordinator.agent.proposer import LLMProposer, ProposalLog
 from coordinator.agent.repair import RepairReport, repair_answer
@@ -21,6 +23,7 @@ __all__ = [
     "AgentError",
     "ChatClient",
     "LLMProposer",
+    "LocalChat",
     "ProposalLog",
     "RepairReport",
     "answer_schema",

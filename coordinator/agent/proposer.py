@@ -1,5 +1,7 @@
 """The LLM meta-agent proposer (LLM-AutoDP): the search's :class:`~coordinator.proposers.Proposer` backed
-by a model behind an OpenAI-compatible server.
+by a model behind an OpenAI-compatible server (backend ``openai``, e.g. ``vllm serve``) or loaded in this
+process on the CPU under a JSON-schema grammar (backend ``local``, default the bundled SmolLM2-135M; see
+:mod:`coordinator.agent.local`). Without a backend named, a ``base_url`` means ``openai``.
 
 Round 1 asks for K diverse strategies from few teams each. Later rounds show the group relative comparison
 of every round so far (rank, score, difference from the round mean, comparison with no processing, what
@@ -18,9 +20,12 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 from coordinator.agent.client import ChatClient
 from coordinator.agent.errors import AgentConfigError, AgentError
+from coordinator.agent.local import LocalChat  # light: torch and xgrammar load on its first answer
 from coordinator.agent.prompting import PROMPT_VERSION, build_messages, render_reask
 from coordinator.agent.repair import repair_answer
 from coordinator.agent.schema import answer_schema
@@ -28,7 +33,7 @@ from coordinator.proposers import RandomProposer, ScoredStrategy
 from protos.catalog import check_strategy, index_catalog
 from protos.views import OperatorSpec, Strategy
 
-__all__ = ["LLMProposer", "ProposalLog"]
+__all__ = ["ChatBackend", "LLMProposer", "ProposalLog"]
 
 log = logging.getLogger("autodp.agent")
 
@@ -46,22 +51,47 @@ class ProposalLog:
     prompt_version: str = PROMPT_VERSION
 
 
+class ChatBackend(Protocol):
+    """What the proposer needs of a model: :class:`ChatClient` (an OpenAI-compatible server) or
+    :class:`~coordinator.agent.local.LocalChat` (a local model under a grammar)."""
+
+    def chat_json(self, messages: Sequence[dict[str, str]], schema: dict[str, Any], *, name: str = ...,
+                  temperature: float = ..., max_tokens: int = ..., seed: int | None = ...) -> str: ...
+
+    def close(self) -> None: ...
+
+
 class LLMProposer:
     name = "llm"
 
-    def __init__(self, base_url: str, model: str, seed: int = 0, max_length: int = 3, timeout_s: float = 60.0,
-                 max_retries: int = 2, api_key_env: str | None = None, allow_non_local: bool = False,
-                 temperature: float = 0.7, *, max_reasks: int = 2, backoff_s: float = 0.5,
-                 max_tokens: int | None = None) -> None:
+    def __init__(self, base_url: str | None = None, model: str | None = None, seed: int = 0, max_length: int = 3,
+                 timeout_s: float = 60.0, max_retries: int = 2, api_key_env: str | None = None,
+                 allow_non_local: bool = False, temperature: float = 0.7, *, max_reasks: int = 2,
+                 backoff_s: float = 0.5, max_tokens: int | None = None, backend: str | None = None,
+                 model_dir: Path | str | None = None, threads: int | None = None) -> None:
         if max_length < 1 or max_reasks < 0 or not 0.0 <= temperature <= 2.0:
             raise AgentConfigError("agent: max_length must be >= 1, max_reasks >= 0, temperature in [0, 2]")
-        api_key = None
-        if api_key_env:
-            api_key = os.environ.get(api_key_env)
-            if not api_key:
-                raise AgentConfigError(f"agent.api_key_env: environment variable {api_key_env} is not set")
-        self.client = ChatClient(base_url, model, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries,
-                                 backoff_s=backoff_s, allow_non_local=allow_non_local)
+        backend = backend or ("openai" if base_url else "local")
+        self.client: ChatBackend
+        if backend == "openai":
+            if not base_url:
+                raise AgentConfigError("agent.base_url: required for backend 'openai'")
+            if model_dir is not None or threads is not None:
+                raise AgentConfigError("agent.model_dir, agent.threads: only for backend 'local'")
+            api_key = None
+            if api_key_env:
+                api_key = os.environ.get(api_key_env)
+                if not api_key:
+                    raise AgentConfigError(f"agent.api_key_env: environment variable {api_key_env} is not set")
+            self.client = ChatClient(base_url, model or "", api_key=api_key, timeout_s=timeout_s,
+                                     max_retries=max_retries, backoff_s=backoff_s, allow_non_local=allow_non_local)
+        elif backend == "local":
+            if base_url:
+                raise AgentConfigError("agent.base_url: only for backend 'openai' (the local backend loads model_dir)")
+            self.client = LocalChat(model_dir, model=model, threads=threads)
+        else:
+            raise AgentConfigError(f"agent.backend: '{backend}' is not one of openai, local")
+        self.backend = backend
         self.seed, self.max_length, self.temperature = seed, max_length, temperature
         self.max_reasks, self.max_tokens = max_reasks, max_tokens
         self.last: ProposalLog | None = None

@@ -41,20 +41,21 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
 def test_coordinator_killed_mid_search_resumes(tmp_path: Path) -> None:
     wd = tmp_path / "fed"
     wd.mkdir()
-    cfg = provision(wd, SITES, rounds=4, k=4, samples=150, port=free_port(), sample_rate_permille=1000)
+    cfg = provision(wd, SITES, rounds=4, k=4, samples=150, port=free_port(), sample_rate_permille=1000, patience=0)
     logs = wd / "logs"
     logs.mkdir()
     db, report = wd / "coordinator-state" / "store.db", wd / "search-report.json"
-    coordinator = start_coordinator(cfg, logs)
+    coordinator = start_coordinator(cfg, logs, command="search")
     sites = {s: start_site(wd, s, logs) for s in SITES}
     try:
         wait_for(lambda: done_tasks(db) >= 5, 120, "the first results")
-        assert not report.exists(), "search finished before the kill; make it longer"
+        assert coordinator.poll() is None, "search finished before the kill; make it longer"
         os.kill(coordinator.pid, signal.SIGKILL)
         coordinator.wait(10)
         before = done_tasks(db)
-        coordinator = start_coordinator(cfg, logs)
-        wait_for(report.exists, 180, "the search report after the restart")
+        coordinator = start_coordinator(cfg, logs, command="search")
+        wait_for(lambda: coordinator.poll() is not None, 240, "the search to finish after the restart")
+        assert coordinator.returncode == 0, (logs / "coordinator.log").read_text()[-3000:]
         assert done_tasks(db) >= before
     finally:
         codes = {s: stop_process(p) for s, p in sites.items()}
@@ -62,7 +63,7 @@ def test_coordinator_killed_mid_search_resumes(tmp_path: Path) -> None:
     assert set(codes.values()) == {0}, codes
 
     result = json.loads(report.read_text())
-    assert result["stopped_because"] == "completed all rounds"
+    assert result["stopped_because"] == "completed all 4 rounds"
     assert len(result["strategies"]) == 16
     assert all(r["status"] == "ok" for s in result["strategies"] for r in s["sites"].values())
     assert all(len(s["sites"]) == 2 for s in result["strategies"])

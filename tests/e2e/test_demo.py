@@ -20,15 +20,25 @@ def autodp(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]
 @pytest.mark.slow
 def test_two_sites_search_and_audit(tmp_path: Path) -> None:
     wd = tmp_path / "demo"
+    # the default demo: the offline SmolLM2 meta-agent, then a random search on the same budget
     run = autodp("demo", "run", "--workdir", str(wd), "--sites", "2", "--rounds", "2", "--k", "3",
-                 "--samples", "300", "--timeout", "300")
+                 "--samples", "300", "--timeout", "900", timeout=1200)
     assert run.returncode == 0, run.stdout + run.stderr
     summary = json.loads((wd / "demo-summary.json").read_text())
     assert all(code == 0 for code in summary["exit_codes"].values()), summary["exit_codes"]
 
     report = json.loads((wd / "search-report.json").read_text())
-    assert report["stopped_because"] == "completed all rounds"
-    assert len(report["strategies"]) == 6
+    assert report["proposer"] == "llm"
+    assert report["stopped_because"].startswith(("completed all 2 rounds", "converged")), report["stopped_because"]
+    assert len(report["strategies"]) == 3 * len(report["rounds"])
+    baseline = report["baselines"]["random"]
+    assert baseline["evaluations"] == len(report["strategies"])
+    assert json.loads((wd / "search-report-random.json").read_text())["proposer"] == "random"
+    html = (wd / "search-report.html").read_text()
+    assert "<svg" in html and "random" in html
+    assert report["recipe"] and Path(report["recipe"]).exists()
+    assert summary["process"]["ok"] and summary["process"]["rows"] > 0
+    assert set(report["per_site"]) == {"hospital-a", "hospital-b"}
     for s in report["strategies"]:
         assert set(s["sites"]) == {"hospital-a", "hospital-b"}
         # a strategy that filters the sample below the site's minimum cohort is refused, by design
@@ -51,7 +61,8 @@ def test_two_sites_search_and_audit(tmp_path: Path) -> None:
     # the coordinator's side holds no training text: none of the site's rows appear in anything it wrote
     rows = [json.loads(line) for line in (wd / "benchmark" / "hospital-a" / "train.jsonl").read_text().splitlines()]
     coordinator_bytes = b"".join(p.read_bytes() for p in (wd / "coordinator-state").iterdir() if p.is_file())
-    coordinator_bytes += (wd / "search-report.json").read_bytes() + (wd / "logs" / "coordinator.log").read_bytes()
+    for name in ("search-report.json", "search-report.html", "search-report.recipe.yaml", "logs/coordinator.log"):
+        coordinator_bytes += (wd / name).read_bytes()
     for row in rows[:50]:
         for text in (row["instruction"], row["answer"]):
             if len(text) >= 12:

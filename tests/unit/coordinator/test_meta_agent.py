@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-import coordinator.search as search_module
 from coordinator.agent import (
     AgentConfigError,
     LLMProposer,
@@ -276,8 +275,7 @@ def test_settings_are_checked_at_construction(monkeypatch: pytest.MonkeyPatch, s
     assert server.requests[-1].headers.get("Authorization") == "Bearer k-123"
 
 
-def test_a_full_search_with_the_llm_proposer(tmp_path: Path, server: FakeOpenAIServer,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_search_with_the_llm_proposer(tmp_path: Path, server: FakeOpenAIServer) -> None:
     """The meta-agent climbs: each answer raises the level of the best strategy's operators."""
     lock, served = threading.Lock(), Counter[int]()
 
@@ -290,15 +288,14 @@ def test_a_full_search_with_the_llm_proposer(tmp_path: Path, server: FakeOpenAIS
                         for i, op in zip(range(need), ("alpha", "gamma", "delta"), strict=False)])
 
     server.handler = handler
-    real = create_proposer
-    monkeypatch.setattr(search_module, "create_proposer", lambda name, **kw: real(
-        name, **{**kw, "base_url": server.base_url, "model": "meta-model", "backoff_s": 0.01}))
     service, stop, executed = make_service(tmp_path / "s.db"), threading.Event(), Counter[str]()
     for s in ("a", "b"):
         SimSite(service, s, stop, executed).start()
-    outcome = run_search(service, cfg().model_copy(update={"proposer": "llm"}), threading.Event())
+    search = cfg(proposer="llm", agent={"base_url": server.base_url, "model": "meta-model", "backoff_s": 0.01})
+    assert search.agent is not None and search.agent.backend == "openai"
+    outcome = run_search(service, search, threading.Event())
     stop.set()
-    assert outcome.reason == "completed all rounds"
+    assert outcome.reason.startswith("completed all")
     assert len(outcome.strategies) == 9 and set(executed.values()) == {1}
     index = index_catalog(SIM_CATALOG)
     for o in outcome.strategies:

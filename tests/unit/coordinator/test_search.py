@@ -8,7 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 from coordinator.config import SearchConfig
-from coordinator.search import common_catalog, run_search
+from coordinator.report import SearchOutcome
+from coordinator.search import baseline_configs, common_catalog, run_search
 from coordinator.service import CoordinatorService
 from coordinator.sqlite_store import SQLiteStore
 from protos.views import (
@@ -62,7 +63,7 @@ def make_service(path: Path) -> CoordinatorService:
 
 def cfg(**kw: object) -> SearchConfig:
     base: dict[str, object] = dict(search_id="s1", rounds=3, strategies_per_round=3, min_sites=2,
-                                   wait_for_sites_s=10, round_deadline_s=20)
+                                   wait_for_sites_s=10, round_deadline_s=20, patience=0)
     base.update(kw)
     return SearchConfig.model_validate(base)
 
@@ -74,7 +75,7 @@ def test_search_runs_every_round_on_every_site(tmp_path: Path) -> None:
         s.start()
     outcome = run_search(service, cfg(), threading.Event())
     stop.set()
-    assert outcome.reason == "completed all rounds"
+    assert outcome.reason == "completed all 3 rounds"
     assert len(outcome.strategies) == 9
     assert len({o.strategy.key for o in outcome.strategies}) == 9  # nothing evaluated twice
     for o in outcome.strategies:
@@ -121,7 +122,7 @@ def test_killed_search_resumes_without_repeating(tmp_path: Path) -> None:
         SimSite(second, s, site_stop2, executed).start()
     outcome = run_search(second, cfg(), threading.Event())
     site_stop2.set()
-    assert outcome.reason == "completed all rounds"
+    assert outcome.reason == "completed all 3 rounds"
     assert [o.strategy.key for o in outcome.strategies if o.round_no == 1] == round1
     assert len(outcome.strategies) == 9
     assert set(executed.values()) == {1}, "an evaluation ran twice"
@@ -133,3 +134,51 @@ def test_common_catalog_intersects_by_name_and_version(tmp_path: Path) -> None:
     store.upsert_site("b", "0.1.0", CATALOG[:2] + (CATALOG[2].model_copy(update={"version": "2"}),),
                       SizeBucket.UNDER_1K, 0.0)
     assert [s.name for s in common_catalog(store.list_sites())] == ["alpha", "beta"]
+
+
+class FlatSite(SimSite):
+    """Every strategy scores the same: the search has nothing to improve on after round 1."""
+
+    def run(self) -> None:
+        self.service.hello(self.site_id, Hello(site_id=self.site_id, software_version="0.1.0", catalog=CATALOG))
+        for _ in range(10_000):
+            if self.stop.is_set():
+                return
+            reply = self.service.poll(self.site_id, Poll(site_id=self.site_id, wait_ms=100), lambda: None)
+            if reply.task is not None:
+                self.service.report(self.site_id, ResultReport(
+                    task_id=reply.task.task_id, site_id=self.site_id, status=TaskStatus.OK, score=0.25,
+                    eval_ms=1200, processing_ms=300, cache_hits=1, operators_run=1, cache_saved_ms=100,
+                    sampled_permille=200, targets_permille=500, epsilon_spent=0.5, epsilon_remaining=7.5))
+
+
+def test_search_stops_early_when_the_best_score_stops_improving(tmp_path: Path) -> None:
+    service, stop = make_service(tmp_path / "s.db"), threading.Event()
+    FlatSite(service, "a", stop, Counter()).start()
+    seen: list[int] = []
+    outcome = run_search(service, cfg(rounds=5, min_sites=1, patience=1), threading.Event(),
+                         on_round=lambda r, o: seen.append(len(o.strategies)))
+    stop.set()
+    assert outcome.reason.startswith("converged") and "after round 2 of 5" in outcome.reason
+    assert seen == [3, 6] and len(outcome.strategies) == 6
+    data = outcome.to_json()
+    assert [r["best_so_far"] for r in data["rounds"]] == [0.25, 0.25]
+    assert data["best_so_far"] == [0.25] * 6 and data["evaluations"] == 6
+    totals = data["per_site"]["a"]
+    assert totals["ok"] == 6 and totals["eval_ms"] == 7200 and totals["cache_saved_ms"] == 600
+    assert totals["cache_hit_rate"] == 0.5 and totals["epsilon_spent"] == 3.0 and totals["epsilon_remaining"] == 7.5
+    # per task: evaluation on 20% of the rows -> x5; processing on 50% of that sample -> x10 (an estimate)
+    assert totals["est_saved_by_sampling_ms"] == 6 * (1200 * 4 + 300 * 9)
+
+
+def test_baselines_run_on_the_budget_the_search_used() -> None:
+    base = cfg(rounds=5, baselines=["random", "tpe"], patience=1, proposer="evolutionary")
+    outcome = SearchOutcome("s1", (), ())
+    assert baseline_configs(base, outcome) == []  # nothing ran: nothing to compare at equal budget
+    from coordinator.report import StrategyOutcome
+
+    ran = SearchOutcome("s1", tuple(StrategyOutcome(r, 0, Strategy(), (), None) for r in (1, 2)), ())
+    configs = baseline_configs(base, ran)
+    assert [(c.search_id, c.proposer, c.rounds, c.patience) for c in configs] == [
+        ("s1-random", "random", 2, 0), ("s1-tpe", "tpe", 2, 0)]
+    assert all(c.strategies_per_round == base.strategies_per_round and c.seed == base.seed for c in configs)

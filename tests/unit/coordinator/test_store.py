@@ -49,7 +49,7 @@ def task(task_id: str, search_id: str = "srch1", deadline_s: int = 600, strategy
 def report(task_id: str, site_id: str = "siteA", score: float = 0.25,
            status: TaskStatus = TaskStatus.OK) -> ResultReport:
     return ResultReport(task_id=task_id, site_id=site_id, status=status, score=score, epsilon_spent=0.1,
-                        epsilon_remaining=2.9, eval_seconds=3, cache_hits=1, operators_run=2)
+                        epsilon_remaining=2.9, eval_ms=3000, cache_hits=1, operators_run=2)
 
 
 @pytest.fixture

@@ -44,7 +44,8 @@ VIEWS = [
     HelloReply(accepted=True), Heartbeat(site_id="hospital-a", tasks_done=3), HeartbeatReply(known=True),
     Poll(site_id="hospital-a", wait_ms=500), PollReply(task=None), PollReply(task=TASK), TASK, STRATEGY,
     ResultReport(task_id="t-1", site_id="hospital-a", status=TaskStatus.REJECTED_BUDGET, epsilon_remaining=0.5),
-    ResultReport(task_id="t-1", site_id="hospital-a", status=TaskStatus.OK, score=-0.0125, eval_seconds=4),
+    ResultReport(task_id="t-1", site_id="hospital-a", status=TaskStatus.OK, score=-0.0125, eval_ms=4000,
+                 cache_saved_ms=200, sampled_permille=200, targets_permille=350),
     ResultAck(accepted=True, duplicate=True),
 ]
 

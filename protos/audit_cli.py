@@ -139,6 +139,9 @@ def _view(entry: Entry) -> tuple[Any, str | None]:
         return None, "no plain-words form for this type"
 
 
+_ADAPTER_EXCHANGE = "autodp.fedlora.v1.AdapterExchange"
+
+
 def describe_entry(entry: Entry) -> tuple[str, str]:
     """(direction in words, content in words) for one entry."""
     if entry.kind == "genesis":
@@ -148,6 +151,16 @@ def describe_entry(entry: Entry) -> tuple[str, str]:
     if entry.kind == "undelivered":
         return "-", f"entry {entry.ref} was not delivered: the call failed ({entry.status})"
     where = f"sent to {entry.peer}" if entry.direction == "out" else f"received from {entry.peer}"
+    if entry.msg_type == _ADAPTER_EXCHANGE:  # federated training: a digest record of an adapter exchange
+        from google.protobuf.message import DecodeError
+
+        from protos.federated import describe_exchange
+        from protos.federated import pb as fpb  # the untyped generated module (no .pyi committed for it)
+
+        try:
+            return where, describe_exchange(fpb.AdapterExchange.FromString(entry.payload))
+        except DecodeError:
+            return where, "adapter exchange record (unreadable: not a valid record)"
     view, why = _view(entry)
     return where, describe_view(view) if why is None else f"{_short(entry.msg_type)} (unreadable: {why})"
 

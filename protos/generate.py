@@ -1,4 +1,5 @@
-"""Regenerate the committed gRPC stubs beside federation.proto (``make protos``).
+"""Regenerate the committed stubs beside federation.proto (gRPC, typed) and federated_training.proto (messages
+only: the federated-training audit records) with ``make protos``.
 
 ``python -m protos.generate --check`` exits 1 when the committed stubs differ from what the installed
 grpcio-tools would generate now; ``tests/unit/protos/test_stubs_fresh.py`` runs that check.
@@ -13,18 +14,24 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO = "protos/federation.proto"
-GENERATED = ("federation_pb2.py", "federation_pb2.pyi", "federation_pb2_grpc.py")
+# proto -> (with .pyi and gRPC stubs?, files generated)
+PROTOS = {
+    "protos/federation.proto": (True, ("federation_pb2.py", "federation_pb2.pyi", "federation_pb2_grpc.py")),
+    "protos/federated_training.proto": (False, ("federated_training_pb2.py",)),
+}
+GENERATED = tuple(name for _, names in PROTOS.values() for name in names)
 
 
 def generate(out_root: Path) -> list[Path]:
     from grpc_tools import protoc  # dev dependency; only needed to regenerate
 
     (out_root / "protos").mkdir(parents=True, exist_ok=True)
-    args = ["protoc", f"-I{ROOT}", f"--python_out={out_root}", f"--pyi_out={out_root}",
-            f"--grpc_python_out={out_root}", str(ROOT / PROTO)]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    for proto, (full, _) in PROTOS.items():
+        args = ["protoc", f"-I{ROOT}", f"--python_out={out_root}"]
+        if full:
+            args += [f"--pyi_out={out_root}", f"--grpc_python_out={out_root}"]
+        if protoc.main([*args, str(ROOT / proto)]) != 0:
+            raise SystemExit(f"protoc failed on {proto}")
     return [out_root / "protos" / name for name in GENERATED]
 
 

@@ -107,8 +107,8 @@ def process(config: Path = CONFIG,
 def make_toy_data(out: Path = typer.Option(..., help="JSONL file to write"),
                   n: int = typer.Option(300, min=10, max=10_512), seed: int = typer.Option(0, min=0),
                   noise_rate: float = typer.Option(0.3, min=0.0, max=0.9)) -> None:
-    """Write the TOY placeholder dataset (template QA pairs with injected noise) used by the demo until the
-    real medical benchmark builder lands."""
+    """Write the TOY placeholder dataset (template QA pairs with injected noise) for quick tests; the demo
+    uses the PyCMeKG medical benchmark (autodp data build-benchmark)."""
     from site_agent.data.loading import save_pairs
     from site_agent.data.toy import make_toy_dataset
 
@@ -116,3 +116,14 @@ def make_toy_data(out: Path = typer.Option(..., help="JSONL file to write"),
     save_pairs(batch, out)
     noisy = sum(label != "clean" for label in labels)
     typer.echo(f"wrote {n} toy pairs ({noisy} with injected noise) to {out}")
+
+
+def _federated() -> None:
+    # ``autodp site federated``: the site's part in federated LoRA training (off unless the config enables it)
+    from site_agent.federated.cli import join
+
+    app.command("federated", help="Take part in federated LoRA training of a search's recipe (off unless "
+                                  "federated_training.enabled: true); see docs/federated-training.md.")(join)
+
+
+_federated()

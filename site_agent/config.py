@@ -9,6 +9,7 @@ from pydantic import Field
 
 from protos.config import StrictModel, TLSFiles, load_yaml_model
 from protos.views import EvaluatorKind, Ident
+from site_agent.federated.settings import FederatedTrainingSettings
 from site_agent.privacy.settings import PrivacySettings
 
 __all__ = ["DataConfig", "SiteConfig", "load_config"]
@@ -56,6 +57,8 @@ class SiteConfig(StrictModel):
     evaluator_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per evaluator kind, options for it (e.g. lora: {steps: 30})")
     privacy: PrivacySettings = PrivacySettings()
+    federated_training: FederatedTrainingSettings = Field(
+        default=FederatedTrainingSettings(), description="federated LoRA training after a search; off by default")
     rpc_timeout_s: float = Field(default=10.0, gt=0, le=300)
     poll_wait_ms: int = Field(default=2_000, ge=0, le=30_000)
     backoff_initial_s: float = Field(default=0.5, gt=0)

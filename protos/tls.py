@@ -404,7 +404,7 @@ def channel_credentials(ca: Path, cert: Path, key: Path) -> grpc.ChannelCredenti
 def peer_common_name(context: grpc.ServicerContext) -> str | None:
     """The CN of the verified client certificate, or None (no TLS, or no client certificate)."""
     values = context.auth_context().get("x509_common_name") or []
-    if len(values) != 1:
+    if len(values) != 1 or not values[0]:  # gRPC reports a certificate without a CN as one empty CN
         return None
     raw: bytes = values[0]
     try:

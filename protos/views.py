@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 __all__ = [
     "IDENT_PATTERN",
+    "MAX_CATALOG_OPERATORS",
+    "MAX_ENUM_CHOICES",
+    "MAX_OPERATOR_PARAMS",
     "PROTOCOL_VERSION",
     "EvalSettings",
     "EvaluatorKind",
@@ -47,6 +50,11 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+# What one site may publish: far above any real catalog, low enough that a hostile site cannot fill the
+# coordinator's store and the meta-agent's prompt with a megabyte of operators.
+MAX_CATALOG_OPERATORS = 256
+MAX_OPERATOR_PARAMS = 64
+MAX_ENUM_CHOICES = 64
 Ident = Annotated[str, StringConstraints(pattern=IDENT_PATTERN)]
 ParamValue = bool | int | float | Ident  # a string is always an enum choice, an identifier
 
@@ -136,7 +144,7 @@ class ParamSpec(_Frozen):
     float_max: float = 0.0
     float_default: float = 0.0
     bool_default: bool = False
-    choices: tuple[Ident, ...] = ()
+    choices: tuple[Ident, ...] = Field(default=(), max_length=MAX_ENUM_CHOICES)
     enum_default: str = ""
 
     @model_validator(mode="after")
@@ -205,7 +213,7 @@ class OperatorSpec(_Frozen):
     name: Ident
     team: Team
     version: Ident
-    params: tuple[ParamSpec, ...] = ()
+    params: tuple[ParamSpec, ...] = Field(default=(), max_length=MAX_OPERATOR_PARAMS)
 
     @model_validator(mode="after")
     def _unique(self) -> OperatorSpec:
@@ -285,8 +293,15 @@ class Hello(_Frozen):
     site_id: Ident
     software_version: Ident
     protocol_version: int = PROTOCOL_VERSION
-    catalog: tuple[OperatorSpec, ...] = ()
+    catalog: tuple[OperatorSpec, ...] = Field(default=(), max_length=MAX_CATALOG_OPERATORS)
     size_bucket: SizeBucket = SizeBucket.UNDER_1K
+
+    @field_validator("catalog")
+    @classmethod
+    def _unique_names(cls, catalog: tuple[OperatorSpec, ...]) -> tuple[OperatorSpec, ...]:
+        if len({o.name for o in catalog}) != len(catalog):
+            raise ValueError("duplicate operator name in the catalog")
+        return catalog
 
 
 class HelloReply(_Frozen):

@@ -84,12 +84,13 @@ class TaskRunner:
     executed: int = 0  # strategies actually run (tests assert rejections leave this at 0)
 
     def handle(self, raw: pb.Task) -> ResultReport | None:
-        if not _IDENT.match(raw.task_id):
+        if not _IDENT.fullmatch(raw.task_id):  # fullmatch: '$' alone lets a trailing newline through
             log.warning("task with an invalid id ignored")  # cannot even be answered
             return None
         previous = self.results.get(raw.task_id)
         if previous is not None:
             log.info("task %s seen before: same answer, nothing run", raw.task_id)
+            self.results.resend(raw.task_id)  # asked again, answered again: the first answer may be lost
             return previous
         return self.results.put(self._answer(raw))
 
@@ -239,7 +240,8 @@ class SiteAgent:
             except CoordinatorUnavailable as e:
                 greeted = False
                 delay = backoff.next()
-                log.info("%s; retrying in %.1f s", e, delay)
+                log.info("%s; retrying in %.1f s (attempt %d, backoff cap %.1f s)", e, delay, backoff.attempt,
+                         backoff.cap_s)
                 self.stop.wait(delay)
         return self.tasks_done
 

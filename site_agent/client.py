@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from protos import federation_pb2 as pb
 from protos import federation_pb2_grpc as pb_grpc
@@ -31,13 +32,19 @@ from protos.views import (
 from site_agent.config import SiteConfig
 from site_agent.errors import SiteError
 
-__all__ = ["Backoff", "CoordinatorClient", "CoordinatorRefused", "CoordinatorUnavailable"]
+__all__ = ["Backoff", "CoordinatorClient", "CoordinatorRefused", "CoordinatorUnavailable", "tls_problem"]
 
 log = logging.getLogger("autodp.site")
 
-# The coordinator is away or slow: retry later. Anything else from it is a refusal we must not retry.
+# The coordinator is away or slow: retry later. INTERNAL is also what gRPC raises here when a reply does not
+# parse (corrupted or hostile bytes): it is dropped, never acted on, and the site keeps serving. Anything
+# else from the coordinator is a refusal we must not retry.
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
+             grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
+             grpc.StatusCode.INTERNAL}
+# An unknown field (number 2**29 - 1, varint 0) put into a task whose envelope broke the contract, so that
+# the runner answers it REJECTED_UNEXPECTED_FIELD instead of running it.
+_OUTSIDE_CONTRACT = bytes.fromhex("f8ffffff0f00")
 
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -63,15 +70,28 @@ class Backoff:
 
     def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
         self.initial_s, self.max_s, self.attempt = initial_s, max_s, 0
+        self.cap_s = 0.0  # the bound the last delay was drawn under (logged, so the backoff is visible)
         self._rng = rng or random.Random()
 
     def next(self) -> float:
-        cap = min(self.max_s, self.initial_s * (2 ** min(self.attempt, 30)))
+        cap = self.cap_s = min(self.max_s, self.initial_s * (2 ** min(self.attempt, 30)))
         self.attempt += 1
         return self._rng.uniform(0.0, cap)
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def tls_problem(details: str, server_name: str) -> str | None:
+    """A clear line for a failed TLS handshake with the coordinator, read from gRPC's status details (the
+    handshake itself runs in gRPC core, out of Python's sight); None when the failure is not about TLS."""
+    if "Hostname Verification Check failed" in details or "No match found for server name" in details:
+        return f"TLS: the coordinator's certificate does not match '{server_name}'; not talking to it"
+    marker = "CERTIFICATE_VERIFY_FAILED:"
+    if marker in details:
+        why = details.split(marker, 1)[1].split(":", 1)[0].strip()[:80]
+        return f"TLS: the coordinator's certificate was refused ({why}); not talking to it"
+    return None
 
 
 class CoordinatorClient:
@@ -81,6 +101,7 @@ class CoordinatorClient:
         options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
         if cfg.tls_server_name:
             options.append(("grpc.ssl_target_name_override", cfg.tls_server_name))
+        self.server_name = cfg.tls_server_name or cfg.coordinator.rsplit(":", 1)[0].strip("[]")
         self.channel = grpc.secure_channel(cfg.coordinator, creds, options=options)
         self.stub = pb_grpc.FederationStub(self.channel)  # type: ignore[no-untyped-call]
 
@@ -92,9 +113,12 @@ class CoordinatorClient:
         except grpc.RpcError as e:
             code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
             self.audit.record_undelivered(digest, code.name)
+            detail = (e.details() or "") if isinstance(e, grpc.Call) else ""
             if code in TRANSIENT:
-                raise CoordinatorUnavailable(f"coordinator unavailable ({code.name})") from None
-            detail = e.details() if isinstance(e, grpc.Call) else ""
+                tls = tls_problem(detail, self.server_name)
+                if tls is not None:
+                    log.error("%s", tls)  # retried all the same: a man in the middle must not make us exit
+                raise CoordinatorUnavailable(tls or f"coordinator unavailable ({code.name})") from None
             raise CoordinatorRefused(f"coordinator refused {request.DESCRIPTOR.name}: {code.name}: {detail}") from None
         self.audit.record("in", self.cfg.coordinator_party, reply)
         return from_pb(reply) if parse else reply
@@ -113,7 +137,15 @@ class CoordinatorClient:
         msg = Poll(site_id=self.cfg.site_id, wait_ms=wait_ms)
         reply: pb.PollReply = self._call(self.stub.PollTask, msg, self.cfg.rpc_timeout_s + wait_ms / 1000.0,
                                          parse=False)
-        return reply.task if reply.has_task else None
+        if not reply.has_task:
+            return None
+        if len(UnknownFieldSet(reply)):  # a field outside the contract around the task: reject, never run
+            log.warning("poll reply carries a field outside the v1 contract; its task will be rejected")
+            task = pb.Task()
+            task.CopyFrom(reply.task)
+            task.MergeFromString(_OUTSIDE_CONTRACT)
+            return task
+        return reply.task
 
     def report(self, msg: ResultReport) -> ResultAck:
         reply: ResultAck = self._call(self.stub.ReportResult, msg, self.cfg.rpc_timeout_s)

@@ -50,6 +50,11 @@ class ResultStore:
         with self._lock:
             self._db.execute("UPDATE results SET acked=1 WHERE task_id=?", (task_id,))
 
+    def resend(self, task_id: str) -> None:
+        """Put an answered task's result back in the outbox: the coordinator asked for that task again."""
+        with self._lock:
+            self._db.execute("UPDATE results SET acked=0 WHERE task_id=?", (task_id,))
+
     def unacked(self) -> list[ResultReport]:
         with self._lock:
             rows = self._db.execute("SELECT report FROM results WHERE acked=0 ORDER BY created").fetchall()

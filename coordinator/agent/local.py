@@ -137,7 +137,7 @@ def _load(folder: Path) -> _Loaded:
 
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         model: Any = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, trust_remote_code=False,
-                                                          dtype=torch.float32)
+                                                          use_safetensors=True, dtype=torch.float32)
         model.eval()
         vocab = int(model.get_output_embeddings().weight.shape[0])
         grammars = SchemaGrammars(tokenizer, vocab_size=vocab)

@@ -32,8 +32,10 @@ class MiniLMEmbedder:
 
         from protos.bundled_models import minilm_folder
 
-        # local_files_only: the folder is complete on disk; never ask a hub for anything.
-        return SentenceTransformer(str(minilm_folder()), device=self.device, local_files_only=True)
+        # local_files_only: the folder is complete on disk; never ask a hub for anything. No code from the
+        # folder runs, and only its safetensors weights are read.
+        return SentenceTransformer(str(minilm_folder()), device=self.device, local_files_only=True,
+                                   trust_remote_code=False, model_kwargs={"use_safetensors": True})
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         if not texts:

@@ -137,7 +137,7 @@ class TaskRunner:
         r = self.resources
         return execute(r.data, strategy, task.settings, context=r.context(task.settings.seed), embedder=r.embedder,
                        screener=r.screener, cache=r.prefix_cache if task.settings.use_cache else None,
-                       embedding_cache=r.embedding_cache)
+                       embedding_cache=r.embedding_cache, memo=r.selection_memo)
 
     def _run(self, task: Task, evaluator: Evaluator) -> ResultReport:
         status = TaskStatus.FAILED_INTERNAL

@@ -18,6 +18,10 @@ One call of :func:`execute` does, in order:
    result is stored. A cache that fails to write is logged and skipped; the task still runs.
 5. **Merge**: surviving targets and clean rows, in the original relative order of the input.
 
+Steps 1 and 2 depend only on the batch and the settings, not on the strategy; a :class:`SelectionMemo`
+for the batch keeps their result, so a site screens and samples its (fixed) data once per setting rather
+than twice per task (the strategy's run and the unprocessed baseline's).
+
 The result carries the processed batch and counts, times and cache figures only, never row text (the
 batch is left out of its repr). Errors: OperatorError (bad call, missing capability, failing step),
 DataError (malformed batch); a task must pass ``site_agent.policy.check_task`` before it gets here.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -45,7 +50,8 @@ if TYPE_CHECKING:
     from site_agent.embeddings.base import Embedder
     from site_agent.screening.base import Screener
 
-__all__ = ["ROW_COLUMN", "EmbeddingStore", "ExecutionResult", "execute", "step_key", "uniform_sample"]
+__all__ = ["ROW_COLUMN", "EmbeddingStore", "ExecutionResult", "SelectionMemo", "execute", "step_key",
+           "uniform_sample"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,36 @@ class ExecutionResult:
     @property
     def operators_run(self) -> int:
         return sum(not c for c in self.cached)
+
+
+class SelectionMemo:
+    """The screening labels and the sample of ONE batch, per setting (screening on/off, rate, seed, embedder,
+    screener version), kept between executions on that same batch object; bounded, least recently used out.
+    Used with another batch it is ignored."""
+
+    def __init__(self, batch: Batch, max_entries: int = 32) -> None:
+        self._batch = batch
+        self._max = max_entries
+        self._entries: OrderedDict[tuple[object, ...], tuple[np.ndarray, np.ndarray, str]] = OrderedDict()
+        self.hits = 0
+
+    def for_batch(self, batch: Batch) -> bool:
+        return batch is self._batch
+
+    def get(self, key: tuple[object, ...]) -> tuple[np.ndarray, np.ndarray, str] | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+        return found
+
+    def put(self, key: tuple[object, ...], value: tuple[np.ndarray, np.ndarray, str]) -> None:
+        for arr in value[:2]:
+            arr.setflags(write=False)  # shared by later executions: nobody may change it
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
 
 
 def uniform_sample(noisy: np.ndarray, rate: float, seed: int) -> np.ndarray:
@@ -163,7 +199,7 @@ def _with_rows(batch: Batch, idx: np.ndarray) -> Batch:
 
 def execute(batch: Batch, strategy: Strategy, settings: EvalSettings, *, context: RunContext,
             embedder: Embedder | None = None, screener: Screener | None = None, cache: PrefixCache | None = None,
-            embedding_cache: EmbeddingStore | None = None) -> ExecutionResult:
+            embedding_cache: EmbeddingStore | None = None, memo: SelectionMemo | None = None) -> ExecutionResult:
     """Run ``strategy`` on ``batch`` with the accelerations ``settings`` switches on (see module doc)."""
     n_input = batch_size(batch)
     if ROW_COLUMN in batch:
@@ -174,17 +210,27 @@ def execute(batch: Batch, strategy: Strategy, settings: EvalSettings, *, context
 
     t0 = time.perf_counter()
     screened = settings.use_screening and screener is not None
-    noisy = np.ones(n_input, dtype=bool)
-    if screened:
-        assert screener is not None
-        noisy = np.asarray(screener.noisy_mask(batch), dtype=bool)
-        if noisy.shape != (n_input,):
-            raise DataError(f"the screener returned {noisy.size} labels for {n_input} rows")
-    t1 = time.perf_counter()
-    # Without screening every row is a target; sampling then stratifies nothing.
-    idx, sampler = _sample(batch, noisy if screened else np.zeros(n_input, dtype=bool), settings, embedder,
-                           embedding_cache)
-    t2 = time.perf_counter()
+    memo_key: tuple[object, ...] = (
+        screened, screener.version if screened and screener is not None else None, settings.sample_rate_permille,
+        settings.seed, embedder.name if embedder is not None else None)
+    remembered = memo.get(memo_key) if memo is not None and memo.for_batch(batch) else None
+    if remembered is not None:
+        noisy, idx, sampler = remembered
+        t0 = t1 = t2 = time.perf_counter()
+    else:
+        noisy = np.ones(n_input, dtype=bool)
+        if screened:
+            assert screener is not None
+            noisy = np.asarray(screener.noisy_mask(batch), dtype=bool)
+            if noisy.shape != (n_input,):
+                raise DataError(f"the screener returned {noisy.size} labels for {n_input} rows")
+        t1 = time.perf_counter()
+        # Without screening every row is a target; sampling then stratifies nothing.
+        idx, sampler = _sample(batch, noisy if screened else np.zeros(n_input, dtype=bool), settings, embedder,
+                               embedding_cache)
+        t2 = time.perf_counter()
+        if memo is not None and memo.for_batch(batch):
+            memo.put(memo_key, (noisy, idx, sampler))
 
     target_ids, clean_ids = idx[noisy[idx]], idx[~noisy[idx]]
     current = _with_rows(batch, target_ids)

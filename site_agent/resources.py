@@ -18,6 +18,7 @@ from site_agent.embeddings.cache import EmbeddingCache
 from site_agent.llm.base import LLMBackend
 from site_agent.operators.base import Batch
 from site_agent.operators.context import RunContext
+from site_agent.pipeline import SelectionMemo
 from site_agent.screening.classifier import ScreeningModel, ScreeningReport, train_screener
 
 __all__ = ["SiteResources", "prepare"]
@@ -35,6 +36,11 @@ class SiteResources:
     screening_report: ScreeningReport | None
     prefix_cache: PrefixCache | None
     llm_factory: Callable[[], LLMBackend] | None
+    selection_memo: SelectionMemo | None = None  # screening and sampling of ``data``, per setting
+
+    def __post_init__(self) -> None:
+        if self.selection_memo is None:
+            self.selection_memo = SelectionMemo(self.data)
 
     def context(self, seed: int) -> RunContext:
         embedder = self.embedder

@@ -224,3 +224,25 @@ def test_failures_are_clear_and_the_cache_is_optional(tmp_path: Path, monkeypatc
                       cache=cache)
         assert res.batch == run_strategy(raw, _tags(1, 2))[0]
     assert "answer" not in repr(res) and raw["answer"][0] not in repr(res)
+
+
+def test_a_selection_memo_screens_and_samples_a_batch_once_per_setting() -> None:
+    from site_agent.pipeline import SelectionMemo
+
+    raw, labels = make_toy_dataset(300, seed=5)
+    screener, emb = _LabelScreener(labels), _HashEmbedder()
+    memo = SelectionMemo(raw)
+    settings = EvalSettings(sample_rate_permille=200, seed=2, use_screening=True, use_cache=False)
+    first = execute(raw, CLEANING, settings, context=RunContext(), embedder=emb, screener=screener, memo=memo)
+    base = execute(raw, Strategy(), settings, context=RunContext(), embedder=emb, screener=screener, memo=memo)
+    assert screener.calls == 1 and memo.hits == 1  # the baseline reused the screening and the sample
+    assert base.screening_seconds == 0.0 and base.n_sampled == first.n_sampled
+    fresh = execute(raw, CLEANING, settings, context=RunContext(), embedder=emb, screener=screener)
+    assert fresh.batch == first.batch  # the memo changes nothing but the time
+    # another setting is its own entry; another batch is never served from this memo
+    execute(raw, CLEANING, settings.model_copy(update={"seed": 3}), context=RunContext(), embedder=emb,
+            screener=screener, memo=memo)
+    assert screener.calls == 3 and memo.hits == 1
+    other = {c: list(v) for c, v in raw.items()}
+    execute(other, CLEANING, settings, context=RunContext(), embedder=emb, screener=screener, memo=memo)
+    assert screener.calls == 4 and memo.hits == 1

@@ -1,0 +1,96 @@
+"""bench/bench_search.py's core on a tiny toy set: no embedder, no screener, plain operators only."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from coordinator.proposers import RandomProposer
+from protos.views import EvaluatorKind, OperatorCall, Team
+from site_agent.cache.store import PrefixCache
+from site_agent.data import make_toy_dataset
+from site_agent.evaluation.base import create_evaluator
+from site_agent.resources import SiteResources
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_search.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_search", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_search"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def _site(tmp: Path, rows: int = 120) -> SiteResources:
+    data, _ = make_toy_dataset(rows, seed=0)
+    cache = PrefixCache(tmp, 64 << 20, durable=False)  # no fsync: seconds matter here, not crash safety
+    return SiteResources(data=data, eval_data=None, embedder=None, embedding_cache=None, screener=None,
+                         screening_report=None, prefix_cache=cache, llm_factory=None)
+
+
+def test_ablation_runs_the_same_strategies_in_every_setting(bench: ModuleType, tmp_path: Path) -> None:
+    settings = bench.ablation_settings(seed=0)
+    assert list(settings) == list(bench.SETTING_NAMES)
+    sites = {name: _site(tmp_path / name) for name in settings}
+    catalog = bench.local_catalog(sites["none"])
+    assert catalog and all(spec.name != "fill_answer" for spec in catalog)  # nothing that needs an LLM
+    result = bench.ablation(sites, settings, RandomProposer(seed=1, max_length=3), catalog, 2, 3,
+                            create_evaluator(EvaluatorKind.QUALITY_PROXY))
+    keys = [s.key for s in result.strategies]
+    assert len(keys) == 6 and len(set(keys)) == 6
+    for name in settings:
+        assert [r.key for r in result.records[name]] == keys
+        assert all(r.score is not None for r in result.records[name])
+    none, dps = result.records["none"], result.records["dps"]
+    assert all(r.n_sampled == 120 for r in none) and all(r.n_sampled < 120 for r in dps)
+    fid = bench.fidelity(result.scores("none"), result.scores("dps"))
+    assert fid["kendall_tau"] is not None and -1.0 <= fid["kendall_tau"] <= 1.0
+    assert fid["n"] == 6 and fid["regret"] >= 0.0
+    summary = bench.summarise(result.records["dps+pts+crm"])
+    assert summary["tasks"] == 6 and summary["operators_run"] + summary["steps_reused"] == sum(
+        len(s.calls) for s in result.strategies)
+    assert bench.summarise(none)["operator_rows"] > summary["operator_rows"] > 0  # sampled rows only
+    for site in sites.values():
+        site.close()
+
+
+def test_fidelity_of_known_rankings(bench: ModuleType) -> None:
+    same = bench.fidelity([0.1, 0.2, 0.3], [1.0, 2.0, 3.0])
+    assert same["kendall_tau"] == pytest.approx(1.0) and same["same_top1"] and same["regret"] == 0.0
+    rev = bench.fidelity([0.1, 0.2, 0.3], [3.0, 2.0, 1.0])
+    assert rev["kendall_tau"] == pytest.approx(-1.0) and not rev["same_top1"]
+    assert rev["regret"] == pytest.approx(0.2)
+    flat = bench.fidelity([0.1, 0.2, None], [1.0, 1.0, 2.0])  # a constant side: tau undefined
+    assert flat["kendall_tau"] is None and flat["n"] == 2
+
+
+def test_team_space_has_every_ordered_team_sequence(bench: ModuleType) -> None:
+    space = bench.team_space()
+    assert len(space) == 65
+    assert Counter(len(seq) for seq, _ in space) == {0: 1, 1: 4, 2: 12, 3: 24, 4: 24}
+    assert len({s.key for _, s in space}) == 65
+    assert all(len(set(seq)) == len(seq) for seq, _ in space)
+
+
+def test_exhaustive_ground_truth_and_cache_losslessness(bench: ModuleType, tmp_path: Path) -> None:
+    ops = {Team.CLEANING: OperatorCall.of("exact_dedup"), Team.GENERATION: OperatorCall.of("redact_identifiers"),
+           Team.OPTIMIZATION: OperatorCall.of("remove_markup"), Team.SELECTION: OperatorCall.of("length_filter")}
+    sites = {name: _site(tmp_path / name, rows=30) for name in bench.EXHAUSTIVE_RUNS}
+    out = bench.exhaustive(sites, bench.ablation_settings(), create_evaluator(EvaluatorKind.QUALITY_PROXY), ops)
+    assert out["rows"] == 30 and len(out["strategies"]) == 65 and out["cache_lossless"] is True
+    assert out["timing"]["truth"]["operators_run"] == 64
+    assert out["timing"]["truth-no-cache"]["operators_run"] == 196
+    scores = [r["score"] for r in out["strategies"]]
+    assert out["best"]["score"] == max(scores) and out["strategies"][0]["score"] == 0.0
+    assert out["best"]["strategies"]
+    for site in sites.values():
+        site.close()

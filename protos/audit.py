@@ -46,6 +46,7 @@ from protos.audit_format import (
     parse_entry,
     public_key_b64,
     read_head,
+    read_lines,
     read_log,
     verify,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "key_fingerprint",
     "load_signing_key",
     "load_verify_key",
+    "read_lines",
     "read_log",
     "verify",
 ]

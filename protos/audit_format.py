@@ -21,7 +21,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ __all__ = [
     "parse_entry",
     "public_key_b64",
     "read_head",
+    "read_lines",
     "read_log",
     "verify",
     "VerifyReport",
@@ -169,6 +170,12 @@ def _b64(v: Any) -> bytes:
     return base64.b64decode(v) if isinstance(v, str) else b""
 
 
+def _canonical_b64(v: str) -> bool:
+    # The last character before '=' padding carries unused bits: without this, an edit there decodes to the
+    # same bytes. It matters for signatures, which the entry hash does not cover.
+    return base64.b64encode(_b64(v)).decode("ascii") == v
+
+
 def parse_entry(line: bytes) -> Entry:
     """Parse and check one line (without its newline) on its own: form, fields, hash and payload
     digest. Chain links and signatures need context and are checked by the reader.
@@ -192,6 +199,8 @@ def parse_entry(line: bytes) -> Entry:
     for name, ok in schema.items():
         if not ok(obj[name]):
             raise EntryProblem(f"field '{name}' is malformed (edited)")
+    if not _canonical_b64(obj["sig"]):
+        raise EntryProblem("field 'sig' is not in canonical base64 (edited)")
     if entry_hash(obj) != obj["hash"]:
         raise EntryProblem("hash does not match the entry's content (edited)")
     payload = _b64(obj.get("bytes"))
@@ -225,7 +234,8 @@ def read_head(path: Path, key: Ed25519PublicKey) -> tuple[int, str] | None:
     except (UnicodeDecodeError, ValueError, RecursionError):
         obj = None
     if (not isinstance(obj, dict) or set(obj) != {"index", "hash", "sig"} or not _int(obj["index"])
-            or not _COMMON["hash"](obj["hash"]) or not _COMMON["sig"](obj["sig"])):
+            or not _COMMON["hash"](obj["hash"]) or not _COMMON["sig"](obj["sig"])
+            or raw != (canonical_json(obj) + "\n").encode("ascii") or not _canonical_b64(obj["sig"])):
         raise EntryProblem(f"head file {path.name} is damaged (edited)")
     if not check_signature(key, _b64(obj["sig"]), head_payload(obj["index"], obj["hash"])):
         raise EntryProblem(f"head file {path.name} signature does not verify (edited or another key)")
@@ -296,11 +306,11 @@ class AuditReading:
     error: AuditVerificationError | None
 
 
-def _report(path: Path, entries: list[Entry], key: Ed25519PublicKey, pinned: bool) -> VerifyReport:
+def _report(path: Path, entries: list[Entry], key: Ed25519PublicKey, pinned: bool, messages: int,
+            recovered: int) -> VerifyReport:
     g = entries[0]
     return VerifyReport(
-        path=path, entries=len(entries), messages=sum(e.kind == "message" for e in entries),
-        recovered=sum(e.kind == "recovered" for e in entries), party=g.party, side=g.side,
+        path=path, entries=len(entries), messages=messages, recovered=recovered, party=g.party, side=g.side,
         key_fingerprint=key_fingerprint(key), pinned=pinned, software_version=g.software_version,
         first_time_ms=g.time_ms, last_time_ms=entries[-1].time_ms)
 
@@ -365,25 +375,51 @@ def read_log(path: Path, public_key: Ed25519PublicKey | None = None) -> AuditRea
     returned as ``AuditReading.error``.
     """
     path = Path(path)
-    entries: list[Entry] = []
-    key: Ed25519PublicKey | None = None
-    error: AuditVerificationError | None = None
     try:
         with path.open("rb") as f:
-            for i, line in enumerate(f):
-                try:
-                    entry, key = _check_chain(line, i, entries[-1].hash if entries else GENESIS_PREV,
-                                              key, public_key)
-                except EntryProblem as p:
-                    error = AuditVerificationError(f"entry {i} (line {i + 1}): {p}", i)
-                    break
-                entries.append(entry)
+            return read_lines(path, f, public_key)
     except FileNotFoundError:
         raise AuditError(f"audit log {path} not found") from None
     except IsADirectoryError:
         raise AuditError(f"audit log {path} is a directory") from None
     except OSError as e:
         raise AuditError(f"audit log {path} cannot be read: {e.strerror}") from None
+
+
+def read_lines(path: Path, lines: Iterable[bytes], public_key: Ed25519PublicKey | None = None, *,
+               verified: AuditReading | None = None) -> AuditReading:
+    """:func:`read_log` over lines the caller supplies (each with its newline, as a binary file yields them);
+    the head file is the one beside ``path``.
+
+    ``verified``: an earlier, error-free reading of the same log (or of its first entries, its report
+    counting just those); ``lines`` continue it (their first line is entry ``len(verified.entries)``) and
+    only they, and the head, are checked. So re-checking a grown log, or many edited copies of one log,
+    costs what the new lines cost. With ``public_key``, the earlier reading's key must be the pinned one.
+    """
+    path = Path(path)
+    entries: list[Entry] = []
+    key: Ed25519PublicKey | None = None
+    messages = recovered = 0
+    if verified is not None and verified.entries:
+        if verified.error is not None or verified.report is None:
+            raise AuditError("a reading with an error cannot be continued")
+        entries = list(verified.entries)
+        messages, recovered = verified.report.messages, verified.report.recovered
+        key = Ed25519PublicKey.from_public_bytes(entries[0].public_key)
+        if public_key is not None and public_key_b64(public_key) != public_key_b64(key):
+            return AuditReading((), None, AuditVerificationError(
+                f"entry 0 (line 1): signed with key {key_fingerprint(key)}, not the pinned key "
+                f"{key_fingerprint(public_key)}", 0))
+    error: AuditVerificationError | None = None
+    for i, line in enumerate(lines, start=len(entries)):
+        try:
+            entry, key = _check_chain(line, i, entries[-1].hash if entries else GENESIS_PREV, key, public_key)
+        except EntryProblem as p:
+            error = AuditVerificationError(f"entry {i} (line {i + 1}): {p}", i)
+            break
+        entries.append(entry)
+        messages += entry.kind == "message"
+        recovered += entry.kind == "recovered"
     if key is None:
         error = error or AuditVerificationError("entry 0 (line 1): the log is empty (no genesis entry)", 0)
         return AuditReading((), None, error)
@@ -392,7 +428,8 @@ def read_log(path: Path, public_key: Ed25519PublicKey | None = None) -> AuditRea
             _check_head(path, entries, key)
         except AuditVerificationError as e:
             error = e
-    return AuditReading(tuple(entries), _report(path, entries, key, public_key is not None), error)
+    report = _report(path, entries, key, public_key is not None, messages, recovered)
+    return AuditReading(tuple(entries), report, error)
 
 
 def verify(path: Path, public_key: Ed25519PublicKey | None = None) -> VerifyReport:

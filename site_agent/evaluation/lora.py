@@ -138,7 +138,9 @@ class LoraEvaluator:
             from protos.bundled_models import autodp_cache_dir
 
             cache_dir = autodp_cache_dir() / "lora-eval"
-        self.cache_dir, self.model_path, self.default_steps = Path(cache_dir), model_path, steps
+        # from a YAML config the paths arrive as strings
+        self.model_path = Path(model_path) if model_path is not None else None
+        self.cache_dir, self.default_steps = Path(cache_dir), steps
         # Validated now so that a bad option fails at start-up, not at the first task.
         self.template = TrainConfig(seq_len=seq_len, batch_size=batch_size, lr=lr, lora_r=lora_r,
                                     lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,

@@ -10,7 +10,9 @@ the job and the rows to a private temporary directory (mode 0700), starts the wo
 - an error raised in the worker comes back as its class name only and is raised again in the parent
   (a guard failure as :class:`TrainingIntegrityError`, anything else as :class:`EvaluationFailed`).
 
-The group is killed after every run, so no child of the worker outlives it. The worker's stdout and
+The group is killed after every run, so no child of the worker outlives it. If the site agent itself dies
+(``kill -9``, an out-of-memory kill), nobody would read the result: the worker notices its parent is gone
+(it checks every 0.2 s), removes the job directory (the rows) and kills its own group. The worker's stdout and
 stderr are discarded: library messages could quote rows. ``AUTODP_EVAL_WORKER_FAULT`` (``crash`` or
 ``hang``) makes the worker fail on purpose, for tests and operator drills.
 """
@@ -24,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,9 +36,10 @@ from site_agent.errors import EvaluationError
 from site_agent.evaluation.errors import EvaluationFailed, TrainingIntegrityError, WorkerCrashed, WorkerTimeout
 from site_agent.operators.base import Batch
 
-__all__ = ["FAULT_ENV", "Job", "execute_job", "main", "run_in_worker"]
+__all__ = ["FAULT_ENV", "PARENT_ENV", "Job", "execute_job", "main", "run_in_worker"]
 
 FAULT_ENV = "AUTODP_EVAL_WORKER_FAULT"
+PARENT_ENV = "AUTODP_EVAL_WORKER_PARENT"  # the site agent's pid, set by run_in_worker
 _RESULT = "result.json"
 _RAISED = {"TrainingIntegrityError": TrainingIntegrityError, "EvaluationError": EvaluationFailed}
 
@@ -105,7 +109,8 @@ def run_in_worker(job: Job, batches: dict[str, Batch], timeout_s: float, *,
             _write_json(tmp / f"{name}.json", batch)
         proc = subprocess.Popen([sys.executable, "-m", "site_agent.evaluation.worker", str(tmp)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True,
+                                env={**os.environ, PARENT_ENV: str(os.getpid())})
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -138,11 +143,27 @@ def _fault(kind: str) -> None:
         time.sleep(3600)
 
 
+def _watch_parent(parent: int, job_dir: Path) -> None:
+    """End this run when the process that started it is gone (it is then re-parented): an orphan would train
+    on for nothing and leave the rows on disk."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        shutil.rmtree(job_dir, ignore_errors=True)
+        if os.getpgrp() == os.getpid():  # our own group (run_in_worker starts a new session): children too
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m site_agent.evaluation.worker JOB_DIR", file=sys.stderr)
         return 2
     job_dir = Path(argv[0])
+    if os.environ.get(PARENT_ENV, "").isdigit():
+        _watch_parent(int(os.environ[PARENT_ENV]), job_dir)
     if os.environ.get(FAULT_ENV):
         _fault(os.environ[FAULT_ENV])
     try:

@@ -98,7 +98,10 @@ def serve(config: Path = typer.Option(..., "--config", "-c", help="the coordinat
     code = 0
     try:
         if cfg.search is not None:
-            code = _search_and_report(server, cfg, stop, live=False)
+            try:
+                code = _search_and_report(server, cfg, stop, live=False)
+            except AutodpError as e:  # a bad setting found when the search starts (e.g. the meta-agent's)
+                raise _fail(str(e)) from None
             if cfg.exit_when_done:
                 stop.set()
         while not stop.wait(0.5):
@@ -121,7 +124,10 @@ def search(config: Path = typer.Option(..., "--config", "-c", help="the coordina
     try:
         if cfg.search is None:
             raise _fail(f"{config}: no 'search' section: nothing to search")
-        code = _search_and_report(server, cfg, stop, live=live)
+        try:
+            code = _search_and_report(server, cfg, stop, live=live)
+        except AutodpError as e:  # a bad setting found when the search starts (e.g. the meta-agent's)
+            raise _fail(str(e)) from None
     finally:
         server.stop()
     raise typer.Exit(code)

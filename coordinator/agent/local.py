@@ -262,6 +262,11 @@ class LocalChat:
             raise AgentConfigError(f"agent: max_new_tokens must be in [1, {MAX_NEW_TOKENS}]")
         if threads is not None and threads < 1:
             raise AgentConfigError("agent.threads: must be >= 1")
+        import importlib.util
+
+        if importlib.util.find_spec("xgrammar") is None:
+            raise AgentConfigError("agent: the local backend needs xgrammar (make setup installs it; by hand: "
+                                   "pip install --no-deps xgrammar==0.2.9)")
         self.model_dir = Path(model_dir).expanduser() if model_dir is not None else None
         if self.model_dir is not None and not (self.model_dir / "config.json").is_file():
             raise AgentConfigError(f"agent.model_dir: {self.model_dir} is not a model folder (no config.json)")

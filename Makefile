@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test lint protos check-protos clean bench-quick bench
+.PHONY: setup demo test lint protos check-protos clean bench-quick bench bench-quality bench-scaling
 
 setup: $(STAMP)
 
@@ -48,6 +48,16 @@ clean:
 # Results go to bench/results/search_<mode>.{json,md} and ground_truth_<mode>.json.
 bench-quick: $(STAMP)
 	$(PY) bench/bench_search.py --mode quick --out bench/results
+	$(PY) bench/bench_quality.py --mode quick --out bench/results
+	$(PY) bench/bench_scaling.py --mode quick --out bench/results
 
 bench: $(STAMP)
 	$(PY) bench/bench_search.py --mode full --out bench/results
+
+# Quality (bench/bench_quality.py): proposers at equal budget, regret, LoRA pairwise win rates on every site.
+bench-quality: $(STAMP)
+	$(PY) bench/bench_quality.py --mode full --out bench/results
+
+# Scaling (bench/bench_scaling.py): DPS, screening, cache, evaluation at 1k/10k/100k rows; 1/3/8 site processes.
+bench-scaling: $(STAMP)
+	$(PY) bench/bench_scaling.py --mode full --out bench/results

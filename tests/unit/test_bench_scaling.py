@@ -1,0 +1,63 @@
+"""bench/bench_scaling.py's core on toy data: row scaling, the hashing embedder, one small size timed."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_scaling.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_scaling", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_scaling"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scaled_rows_go_past_the_toy_set_with_numbered_copies(bench: ModuleType) -> None:
+    from site_agent.data.toy import TOY_MAX_ROWS
+
+    n = TOY_MAX_ROWS + 50
+    batch, flags = bench.scaled_rows(n)
+    assert len(batch["instruction"]) == len(batch["answer"]) == len(flags) == n
+    assert batch["instruction"][TOY_MAX_ROWS] == batch["instruction"][0] + " (#1)"
+    assert 0.2 < flags.mean() < 0.4
+    again, again_flags = bench.scaled_rows(n)
+    assert again == batch and (again_flags == flags).all()
+
+
+def test_hash_embedder_is_deterministic_and_normalised(bench: ModuleType) -> None:
+    emb = bench.HashEmbedder(dim=64)
+    a = emb.encode(["alpha beta", "alpha beta", "something else", ""])
+    assert a.shape == (4, 64) and a.dtype == np.float32
+    assert np.allclose(np.linalg.norm(a[:3], axis=1), 1.0)
+    assert (a[0] == a[1]).all() and float(a[0] @ a[2]) < 0.99
+    assert not a[3].any()
+
+
+def test_median_time_runs_the_warm_up_and_every_repeat(bench: ModuleType) -> None:
+    calls: list[int] = []
+    t = bench.median_time(lambda: calls.append(1), repeats=3)
+    assert len(calls) == 4 and t >= 0.0
+
+
+def test_time_sizes_measures_every_stage(bench: ModuleType, tmp_path: Path) -> None:
+    rows = bench.time_sizes([150], repeats=1, workdir=tmp_path, train_rows=100)
+    assert len(rows) == 1 and rows[0]["rows"] == 150
+    for key in ("dps_s", "screening_s", "cache_put_s", "cache_lookup_s", "eval_s"):
+        assert rows[0][key] > 0.0
+
+
+def test_growth_exponent_reads_linear_and_quadratic(bench: ModuleType) -> None:
+    assert bench.growth_exponent(1000, 1.0, 10_000, 10.0) == pytest.approx(1.0)
+    assert bench.growth_exponent(1000, 1.0, 10_000, 100.0) == pytest.approx(2.0)
+    assert bench.growth_exponent(1000, 0.0, 10_000, 1.0) is None

@@ -10,13 +10,12 @@ is estimated by scaling the measured time to the whole data set, assuming cost l
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from coordinator.store import Store, TaskState
+from protos.files import write_text_atomic
 from protos.views import ResultReport, Strategy, TaskStatus
 
 __all__ = ["SearchOutcome", "SiteResult", "StrategyOutcome", "build_outcome", "write_json_atomic"]
@@ -213,10 +212,4 @@ def _site_result(site_id: str, state: TaskState, failure: str | None, res: Resul
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False))

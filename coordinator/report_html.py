@@ -14,11 +14,12 @@ import html
 import io
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from protos.files import write_text_atomic
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -360,17 +361,4 @@ def render_html(report: Report, compare: Sequence[Report] = ()) -> str:
 
 def write_html(path: str | os.PathLike[str], report: Report, compare: Sequence[Report] = ()) -> Path:
     """Render and write the page atomically (temporary file in the same folder, fsync, rename)."""
-    page = render_html(report, compare)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_text_atomic(Path(path), render_html(report, compare))

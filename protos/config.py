@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from protos.errors import ConfigError
 
-__all__ = ["StrictModel", "TLSFiles", "load_yaml_model", "resolve_paths"]
+__all__ = ["StrictModel", "TLSFiles", "load_yaml_model", "read_yaml_mapping", "resolve_paths"]
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -33,29 +33,33 @@ class TLSFiles(StrictModel):
     ca: Path
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, label: str = "",
+                      expected: str = "a mapping of settings at the top level") -> dict[str, Any]:
+    """A YAML file's top-level mapping (an empty file is an empty mapping). Every problem is one ConfigError
+    line starting with ``label path`` that names the file, never its content."""
+    where_file = f"{label} {path}" if label else str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        raise ConfigError(f"{where_file}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read ({type(e).__name__})") from None
+        raise ConfigError(f"{where_file}: cannot read ({type(e).__name__})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} not valid YAML") from None
+        raise ConfigError(f"{where_file}:{where} not valid YAML") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        raise ConfigError(f"{where_file}: expected {expected}")
     return data
 
 
 def load_yaml_model(path: Path, model: type[T], overrides: dict[str, Any] | None = None) -> T:
     """Read ``path`` into ``model``; ``overrides`` (from the CLI) win over the file."""
-    data = _read(path)
+    data = read_yaml_mapping(path)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         cfg = model.model_validate(data)

@@ -13,16 +13,15 @@ operators is the site's own policy check, as for any task. Errors are one-line `
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from protos.config import StrictModel
+from protos.config import StrictModel, read_yaml_mapping
 from protos.errors import ConfigError
+from protos.files import write_text_atomic
 from protos.views import Ident, Metric, OperatorCall, ParamValue, Strategy
 
 __all__ = [
@@ -139,17 +138,7 @@ def write_recipe(path: Path, recipe: Recipe) -> None:
     """Write ``recipe`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
     path = Path(path)
     text = _header(recipe, path) + yaml.safe_dump(_document(recipe), sort_keys=False, allow_unicode=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -161,20 +150,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
 def load_recipe(path: Path) -> Recipe:
     """Read and validate a recipe file. Raises ConfigError naming the file and the key."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"recipe {path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"recipe {path}: cannot read ({type(e).__name__})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark is not None else ""
-        raise ConfigError(f"recipe {path}:{where} not valid YAML") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path}: expected a mapping with 'search_id' and 'strategy'")
+    data = read_yaml_mapping(path, "recipe", "a mapping with 'search_id' and 'strategy'")
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:

@@ -20,20 +20,9 @@ from coordinator.config import AgentConfig
 from coordinator.proposers import ScoredStrategy
 from protos.catalog import check_strategy, index_catalog
 from protos.views import OperatorCall, OperatorSpec, ParamSpec, ParamType, Strategy, Team
+from tests.unit.coordinator.test_meta_agent import CATALOG as META_CATALOG
 
-SMALL = (
-    OperatorSpec(name="exact_dedup", team=Team.CLEANING, version="1"),
-    OperatorSpec(name="length_filter", team=Team.CLEANING, version="1", params=(
-        ParamSpec(name="min_len", type=ParamType.INT, int_min=0, int_max=100, int_default=5),)),
-    OperatorSpec(name="synthesize_pairs", team=Team.GENERATION, version="1", params=(
-        ParamSpec(name="n_per_record", type=ParamType.INT, int_min=1, int_max=4, int_default=1),
-        ParamSpec(name="style", type=ParamType.ENUM, choices=("concise", "detailed"), enum_default="concise"))),
-    OperatorSpec(name="rewrite_answer", team=Team.OPTIMIZATION, version="1", params=(
-        ParamSpec(name="temperature", type=ParamType.FLOAT, float_min=0.0, float_max=1.0, float_default=0.3),
-        ParamSpec(name="keep_short", type=ParamType.BOOL))),
-    OperatorSpec(name="diversity_select", team=Team.SELECTION, version="1", params=(
-        ParamSpec(name="keep_ratio", type=ParamType.FLOAT, float_min=0.05, float_max=1.0, float_default=0.5),)),
-)
+SMALL = META_CATALOG  # the meta-agent tests' catalog: every parameter type, one operator per team
 ODD = (  # bounds that are easy to get wrong: negative, wide, narrow, one-value, many enum choices
     OperatorSpec(name="shift", team=Team.OPTIMIZATION, version="1", params=(
         ParamSpec(name="offset", type=ParamType.INT, int_min=-50, int_max=-3, int_default=-10),

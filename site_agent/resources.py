@@ -15,6 +15,7 @@ from site_agent.config import SiteConfig
 from site_agent.data.loading import load_pairs
 from site_agent.embeddings.base import Embedder, create_embedder
 from site_agent.embeddings.cache import EmbeddingCache
+from site_agent.embeddings.memo import MemoEmbedder
 from site_agent.llm.base import LLMBackend
 from site_agent.operators.base import Batch
 from site_agent.operators.context import RunContext
@@ -95,7 +96,8 @@ def prepare(cfg: SiteConfig) -> SiteResources:
     embedder = embedding_cache = None
     if cfg.embedder is not None:
         try:
-            embedder = create_embedder(cfg.embedder)
+            # every consumer (DPS, screening, operators) shares one per-text memo: no text embedded twice
+            embedder = MemoEmbedder(create_embedder(cfg.embedder))
         except ValueError as e:
             raise ConfigError(f"site config 'embedder': {e}") from None
         embedding_cache = EmbeddingCache(cfg.cache.dir / "embeddings")

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from site_agent.embeddings.memo import MemoEmbedder
+
 if TYPE_CHECKING:
     from site_agent.embeddings.base import Embedder
     from site_agent.operators.base import Batch
@@ -92,6 +94,8 @@ class EmbeddingCache:
         cached = self._load(path, len(texts), embedder.dim)
         if cached is not None:
             self.hits += 1
+            if isinstance(embedder, MemoEmbedder):
+                embedder.remember(texts, cached)
             return cached
         self.misses += 1
         arr = np.ascontiguousarray(embedder.encode(texts), dtype=np.float32)

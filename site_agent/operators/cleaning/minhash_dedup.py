@@ -17,6 +17,7 @@ is kept and indexed. Rows whose key text is empty are kept and not indexed: empt
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from typing import Any, Literal, cast
 
@@ -43,15 +44,25 @@ def shingles(text: str, size: int) -> set[str]:
     return {text[i:i + size] for i in range(len(text) - size + 1)}
 
 
-def _lsh(threshold: float, num_perm: int) -> Any:
+@functools.lru_cache(maxsize=256)
+def _bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """datasketch's (bands, rows per band) for these settings. Finding them integrates the false
+    positive/negative curves for every split (~0.1 s); a search builds the same index over and over."""
     from datasketch import MinHashLSH
 
     # Candidates are verified, so a false positive only costs a comparison while a false negative is
     # a missed duplicate: weigh misses more than datasketch's default even split.
     try:
-        return MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.2, 0.8))
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.2, 0.8))
     except ValueError:  # a high threshold with few permutations leaves fewer than two bands
-        return MinHashLSH(threshold=threshold, num_perm=num_perm, params=(2, num_perm // 2))
+        return 2, num_perm // 2
+    return int(lsh.b), int(lsh.r)
+
+
+def _lsh(threshold: float, num_perm: int) -> Any:
+    from datasketch import MinHashLSH
+
+    return MinHashLSH(threshold=threshold, num_perm=num_perm, params=_bands(threshold, num_perm))
 
 
 class MinhashDedupParams(OperatorParams):

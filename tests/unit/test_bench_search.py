@@ -94,3 +94,27 @@ def test_exhaustive_ground_truth_and_cache_losslessness(bench: ModuleType, tmp_p
     assert out["best"]["strategies"]
     for site in sites.values():
         site.close()
+
+
+@pytest.mark.slow
+def test_model_bound_ablation_runs_llm_strategies_and_the_cache_reuses_their_prefixes(
+        bench: ModuleType, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from site_agent.operators.registry import registered_operators
+
+    strategies = bench.llm_strategies(max_new_tokens=32)
+    llm_ops = [[c.op for c in s.calls if "llm" in registered_operators()[c.op].requires] for s in strategies]
+    assert all(len(ops) >= 1 for ops in llm_ops)
+    prefixes = Counter(s.calls[:2] for s in strategies if len(s.calls) >= 2)
+    assert max(prefixes.values()) >= 2  # what the prefix cache can reuse
+    site = _site(tmp_path / "base", rows=40)
+    factory = bench._tiny_llm(tmp_path, site)
+    settings = {n: s for n, s in bench.ablation_settings(seed=0).items() if n in ("none", "dps+pts+crm")}
+    sites = {n: replace(_site(tmp_path / n, rows=3), llm_factory=factory) for n in settings}
+    some = strategies[1:3]  # normalize_text -> rewrite_answer, then the same and exact_dedup
+    records = bench.llm_ablation(sites, settings, some, create_evaluator(EvaluatorKind.QUALITY_PROXY))
+    assert [len(r) for r in records.values()] == [2, 2]
+    assert all(r.score is not None for recs in records.values() for r in recs)
+    assert all(r.operators_run >= 1 for r in records["none"])
+    assert sum(r.steps_reused for r in records["dps+pts+crm"]) >= 1

@@ -5,8 +5,10 @@ how a search's round time grows with the number of site processes.
    rows; beyond that it is repeated with a copy number appended to each instruction, so a copy is no
    exact duplicate of its original), 30% noisy. Timed, each the median of ``--repeats`` runs after a warm-up:
 
-   - ``dps``: ``dps_sample`` at 200 permille on the row embeddings and the true noisy mask (exact lazy
-     greedy up to 100k rows, stochastic greedy beyond, as the site does);
+   - ``dps``: ``dps_sample`` at 200 permille on the row embeddings and the true noisy mask, as the site
+     does: exact lazy greedy for a stratum (clean or noisy rows) of up to ``PARTITION_MIN_ROWS`` (16,384)
+     rows, partitioned greedy beyond (exact greedy inside k-means blocks of ~``PARTITION_BLOCK_ROWS`` rows;
+     see ``site_agent.sampling.dps``); the method used is recorded per size;
    - ``screening``: the screening classifier's ``noisy_proba`` on every row: hand-crafted features
      (near-duplicate detection included), embeddings from a warm embedding cache, the classifier;
    - ``cache put`` / ``cache lookup``: the prefix cache storing the rows after one step and finding them
@@ -20,7 +22,8 @@ how a search's round time grows with the number of site processes.
    (marked "estimate").
 2. **Number of sites** (1 and 3 site processes; 8 in full mode) on 127.0.0.1: ``autodp coordinator
    search`` and ``autodp site run`` as separate processes (``coordinator.demo``: certificates, benchmark
-   rows, mTLS, quality proxy, random proposer), ``--site-rows`` rows per site. Recorded: wall time from
+   rows, mTLS, quality proxy, random proposer), the mode's ``site_rows`` rows per site (``--site-rows``
+   overrides it). Recorded: wall time from
    start to the first finished round (sites preparing: model load, embeddings, screener) and the wall
    time of every later round (from when the report shows one round to when it shows the next).
 
@@ -42,7 +45,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +58,7 @@ from bench_search import _command, _machine  # noqa: E402
 from protos.views import EvalSettings, OperatorCall, Strategy  # noqa: E402
 from site_agent.operators.base import Batch  # noqa: E402
 
-__all__ = ["DPS_100K_NOTE", "MODES", "HashEmbedder", "growth_exponent", "main", "median_time", "scaled_rows",
+__all__ = ["MODES", "HashEmbedder", "dps_method", "growth_exponent", "main", "median_time", "scaled_rows",
            "time_sizes"]
 
 
@@ -72,17 +75,12 @@ class Mode:
 
 MODES = {
     "quick": Mode(sizes=(1000, 10_000), repeats=3, site_counts=(1, 3), site_rows=200, rounds=3, k=4,
-                  run_time="about 3 min (172 s) on the shared 2-core development box"),
+                  run_time="3-5 min on the shared 2-core development box (172 s at load average ~3, 286 s "
+                           "at 3.5-7)"),
     "full": Mode(sizes=(1000, 10_000, 100_000), repeats=3, site_counts=(1, 3, 8), site_rows=500, rounds=4, k=6,
-                 run_time="not run yet; over 30 min on the shared 2-core development box (DPS alone runs 4 times at "
-                          "100k rows, see below; 8 site processes each load the embedder)"),
+                 run_time="about 24 min (1459 s: sizes 741 s, sites 700 s) on the shared 2-core development box, load "
+                          "average 3-18 from other jobs meanwhile"),
 }
-# Measured once by hand on the shared 2-core development box, 2026-12-01 (load average about 2).
-DPS_100K_NOTE = ("one dps_sample run on 100k hash-embedded rows (exact lazy greedy, 70k clean + 30k noisy rows) did "
-                 "not finish within 265 s and was stopped there; embedding those rows with the hashing embedder took "
-                 "13 s")
-
-
 class HashEmbedder:
     """Character trigrams hashed (CRC-32) into ``dim`` buckets, L2-normalised: a cheap, deterministic
     stand-in with the Embedder interface, so DPS and screening are timed without the embedding model."""
@@ -120,6 +118,14 @@ def scaled_rows(n: int, seed: int = 0, noise_rate: float = 0.3) -> tuple[Batch, 
         flags += [lab != "clean" for lab in labels[:take]]
         copy += 1
     return batch, np.asarray(flags, dtype=bool)
+
+
+def dps_method(noisy: np.ndarray) -> str:
+    """The facility-location method ``dps_sample`` picks (``method="auto"``) for each stratum, clean first."""
+    from site_agent.sampling.dps import PARTITION_MIN_ROWS
+
+    counts = (int((~noisy).sum()), int(noisy.sum()))
+    return " + ".join(("partitioned" if c > PARTITION_MIN_ROWS else "exact") for c in counts if c)
 
 
 def median_time(fn: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
@@ -188,7 +194,8 @@ def _one_size(n: int, repeats: int, workdir: Path, embedder: HashEmbedder, scree
             if i:
                 puts.append(t1 - t0)
                 looks.append(t2 - t1)
-    return {"rows": n, "noisy_rows": int(flags.sum()), "hash_embed_s": embed_s, "dps_s": dps_s,
+    return {"rows": n, "noisy_rows": int(flags.sum()), "dps_method": dps_method(flags), "hash_embed_s": embed_s,
+            "dps_s": dps_s,
             "screening_s": screen_s, "cache_put_s": statistics.median(puts),
             "cache_lookup_s": statistics.median(looks), "eval_s": eval_s}
 
@@ -312,21 +319,21 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "(see the module doc); the use-m3 column is its measured per-row cost "
         f"({'-' if m3 is None else format(m3 * 1000, '.1f') + ' ms'} per row) times the rows: an estimate, "
         "paid once per dataset and cached.", "",
-        "| rows | DPS s | screening s | cache put s | cache lookup s | evaluation s | use-m3 embedding s (estimate) "
-        "| x rows vs previous | x DPS | x screening | x evaluation |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rows | DPS method (clean + noisy) | DPS s | screening s | cache put s | cache lookup s | evaluation s "
+        "| use-m3 embedding s (estimate) | x rows vs previous | x DPS | x screening | x evaluation |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     prev: dict[str, Any] | None = None
     for r in sizes:
         ratios = ["-"] * 4 if prev is None else [
             f"{r['rows'] / prev['rows']:.0f}", *(f"{r[k] / prev[k]:.1f}" if prev[k] > 0 else "-"
                                                  for k in ("dps_s", "screening_s", "eval_s"))]
-        lines.append(f"| {r['rows']} | {r['dps_s']:.3f} | {r['screening_s']:.3f} | {r['cache_put_s']:.3f} | "
-                     f"{r['cache_lookup_s']:.3f} | {r['eval_s']:.3f} | "
+        lines.append(f"| {r['rows']} | {r.get('dps_method', '-')} | {r['dps_s']:.3f} | {r['screening_s']:.3f} | "
+                     f"{r['cache_put_s']:.3f} | {r['cache_lookup_s']:.3f} | {r['eval_s']:.3f} | "
                      f"{'-' if m3 is None else format(m3 * r['rows'], '.0f')} | " + " | ".join(ratios) + " |")
         prev = r
     if 100_000 not in [r["rows"] for r in sizes]:
-        lines += ["", f"100k rows: not run in this mode (full mode only). A manual probe: {DPS_100K_NOTE}."]
+        lines += ["", "100k rows: full mode only (`scaling_full.md`)."]
     lines += ["", "## Per number of sites", "",
               f"Random proposer, {sites[0]['rounds'] if sites else '-'} rounds x {sites[0]['k'] if sites else '-'} "
               "strategies, quality proxy, DPS 200 permille, PTS, cache; every site and the coordinator a separate "
@@ -354,13 +361,15 @@ def _reading(report: dict[str, Any]) -> list[str]:
     sizes, sites, mode = report["sizes"], report["sites"], report["mode"]
     out = []
     if len(sizes) >= 2:
-        a, b = sizes[0], sizes[-1]
-        exps = {label: growth_exponent(a["rows"], a[key], b["rows"], b[key]) for key, label in _COLS}
-        out.append(f"- growth from {a['rows']} to {b['rows']} rows, as t ~ n^b: " + ", ".join(
-            f"{k} b={'-' if v is None else format(v, '.2f')}" for k, v in exps.items())
-            + ". DPS is exact lazy greedy up to 100k rows: its first gains are one O(n^2 d) pass, so b > 1 is "
-              "expected there; the cache's fixed costs (index, fsync) hide its O(n) part at these sizes.")
-        big = b
+        for a, b in zip(sizes, sizes[1:], strict=False):
+            exps = {label: growth_exponent(a["rows"], a[key], b["rows"], b[key]) for key, label in _COLS}
+            out.append(f"- growth from {a['rows']} to {b['rows']} rows, as t ~ n^b: " + ", ".join(
+                f"{k} b={'-' if v is None else format(v, '.2f')}" for k, v in exps.items()) + ".")
+        out.append("- DPS per stratum: exact lazy greedy up to 16,384 rows, whose first gains are one O(n^2 d) "
+                   "pass (b > 1 expected); beyond, partitioned greedy: spherical k-means blocks of about 4,096 "
+                   "rows, exact greedy inside each, O(n * block * d), so b is 1 or below past the switch. The "
+                   "cache's fixed costs (index, fsync) hide its O(n) part at small sizes.")
+        big = sizes[-1]
         slowest = max(_COLS, key=lambda c: big[c[0]])
         out.append(f"- at {big['rows']} rows the slowest stage timed is {slowest[1]} ({big[slowest[0]]:.2f} s); "
                    "all of them are paid once per site and setting (SelectionMemo) except the evaluation (per task) "
@@ -386,8 +395,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--m3-rows", type=int, default=256, help="rows to time use-m3 on (0: skip)")
     ap.add_argument("--no-sites", action="store_true", help="skip the multi-process part")
+    ap.add_argument("--site-rows", type=int, default=None, help="rows per site in the site sweep (default: the mode's)")
     args = ap.parse_args(argv)
     mode = MODES[args.mode]
+    if args.site_rows is not None:
+        if args.site_rows < 50:
+            ap.error("--site-rows must be at least 50")
+        mode = replace(mode, site_rows=args.site_rows)
     machine, started = _machine(), time.perf_counter()
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 

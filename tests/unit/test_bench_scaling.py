@@ -61,3 +61,37 @@ def test_growth_exponent_reads_linear_and_quadratic(bench: ModuleType) -> None:
     assert bench.growth_exponent(1000, 1.0, 10_000, 10.0) == pytest.approx(1.0)
     assert bench.growth_exponent(1000, 1.0, 10_000, 100.0) == pytest.approx(2.0)
     assert bench.growth_exponent(1000, 0.0, 10_000, 1.0) is None
+
+
+def test_dps_method_names_the_path_of_each_stratum(bench: ModuleType) -> None:
+    from site_agent.sampling.dps import PARTITION_MIN_ROWS
+
+    small = np.zeros(1000, dtype=bool)
+    small[:300] = True
+    assert bench.dps_method(small) == "exact + exact"
+    big = np.zeros(PARTITION_MIN_ROWS + 500, dtype=bool)
+    big[:400] = True
+    assert bench.dps_method(big) == "partitioned + exact"
+    assert bench.dps_method(np.zeros(10, dtype=bool)) == "exact"  # no noisy stratum
+
+
+def test_full_mode_runs_100k_rows_and_8_sites(bench: ModuleType) -> None:
+    assert 100_000 in bench.MODES["full"].sizes and 8 in bench.MODES["full"].site_counts
+    assert max(bench.MODES["quick"].sizes) <= 10_000
+    assert not hasattr(bench, "DPS_100K_NOTE")
+
+
+def test_markdown_reports_every_size_and_site_count(bench: ModuleType, tmp_path: Path) -> None:
+    sizes = [{"rows": n, "dps_method": "exact + exact", "dps_s": n / 1e4, "screening_s": n / 1e3,
+              "cache_put_s": 0.01, "cache_lookup_s": 0.005, "eval_s": n / 2e3} for n in (1000, 10_000, 100_000)]
+    sites = [{"sites": n, "rows_per_site": 100, "rounds": 3, "k": 4, "first_round_s": 10.0 * n,
+              "round_s": [1.0 * n, 1.5 * n], "round_median_s": 1.25 * n, "total_s": 20.0 * n} for n in (1, 3, 8)]
+    report = {"mode": "full", "command": "x", "date": "d", "run_s": 1200.0, "sizes_s": 600.0, "sites_s": 600.0,
+              "repeats": 3, "use_m3_s_per_row": 0.024, "sizes": sizes, "sites": sites, "plot": "p.png",
+              "machine": {"platform": "p", "processor": "c", "cpu_count": 2, "python": "3.11",
+                          "load_average_at_start": [1.0, 1.0, 1.0]}}
+    out = tmp_path / "r.md"
+    bench.write_markdown(out, report)
+    text = out.read_text(encoding="utf-8")
+    assert "| 100000 | exact + exact |" in text and "| 8 | 100 |" in text
+    assert "growth from 10000 to 100000 rows" in text and "not run in this mode" not in text

@@ -58,11 +58,14 @@ def test_stochastic_greedy_is_close_to_lazy() -> None:
     assert np.array_equal(stochastic, facility_location(emb, 200, method="stochastic", seed=3))
 
 
-def test_auto_switches_to_stochastic_for_large_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_switches_to_partitioned_for_large_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
     emb = _mixture(300, 8, seed=2)
     assert np.array_equal(facility_location(emb, 30), facility_location(emb, 30, method="lazy"))
-    monkeypatch.setattr(dps, "STOCHASTIC_MIN_ROWS", 100)
-    assert np.array_equal(facility_location(emb, 30, seed=5), facility_location(emb, 30, method="stochastic", seed=5))
+    monkeypatch.setattr(dps, "PARTITION_MIN_ROWS", 100)
+    monkeypatch.setattr(dps, "PARTITION_BLOCK_ROWS", 50)
+    auto = facility_location(emb, 30, seed=5)
+    assert np.array_equal(auto, facility_location(emb, 30, method="partitioned", seed=5, block_rows=50))
+    assert not np.array_equal(np.sort(auto), np.sort(facility_location(emb, 30, method="lazy")))
 
 
 def test_greedy_picks_one_row_per_cluster_first() -> None:
@@ -84,6 +87,7 @@ def test_edge_cases() -> None:
     assert objective(emb, np.arange(10)) == pytest.approx(10.0, rel=1e-5)
     bad_calls: list[Callable[[], object]] = [lambda: facility_location(emb, -1),
                                              lambda: facility_location(emb, 2, method="nope"),  # type: ignore[arg-type]
+                                             lambda: facility_location(emb, 2, method="partitioned", block_rows=0),
                                              lambda: facility_location(emb[0], 1),
                                              lambda: objective(emb, np.array([10])),
                                              lambda: dps_sample(emb, np.zeros(3, dtype=bool)),

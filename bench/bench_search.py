@@ -624,7 +624,8 @@ def write_markdown(path: Path, report: Mapping[str, Any], strategies: Sequence[S
         f"{report['machine']['load_average_at_start']} (shared machine: other processes ran meanwhile)",
         f"- run time: {report['run_s']:.0f} s in all (benchmark build {site['build_s']:.0f} s, site preparation: "
         f"embeddings and screener training {site['prepare_s']:.0f} s, ablation {report['ablation']['seconds']:.0f} s, "
-        f"exhaustive {ex['seconds']:.0f} s)",
+        f"exhaustive {ex['seconds']:.0f} s"
+        + (f", model-bound ablation {report['llm_ablation']['seconds']:.0f} s" if report["llm_ablation"] else "") + ")",
         "- modes: " + "; ".join(
             f"{name}: {m.pairs // m.sites} rows per site, {m.rounds} x {m.k} strategies, exhaustive on "
             f"{m.exhaustive_rows} rows, {m.run_time}" for name, m in MODES.items()),

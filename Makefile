@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test lint protos check-protos clean bench-quick bench bench-quality bench-scaling
+.PHONY: setup demo test lint protos check-protos clean bench-quick bench bench-quality bench-quality-medium bench-scaling
 
 setup: $(STAMP)
 
@@ -57,6 +57,10 @@ bench: $(STAMP)
 # Quality (bench/bench_quality.py): proposers at equal budget, regret, LoRA pairwise win rates on every site.
 bench-quality: $(STAMP)
 	$(PY) bench/bench_quality.py --mode full --out bench/results
+
+# The same with the real SmolLM2-135M LoRA on one site and one seed (~20 min on 2 cores).
+bench-quality-medium: $(STAMP)
+	$(PY) bench/bench_quality.py --mode medium --out bench/results
 
 # Scaling (bench/bench_scaling.py): DPS, screening, cache, evaluation at 1k/10k/100k rows; 1/3/8 site processes.
 bench-scaling: $(STAMP)

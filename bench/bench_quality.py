@@ -2,33 +2,48 @@
 
 One run, in process (no gRPC), on every site of the PyCMeKG benchmark built into a temporary folder:
 
-1. **Search at equal budget.** Each proposer (``random``, ``evolutionary``, ``tpe``) runs ``--seeds``
-   searches of R rounds x K strategies over the operators that need no LLM. A strategy's score is the
-   mean over the sites of the quality-proxy score under the system's accelerated setting (DPS 200
-   permille, PTS, prefix cache), each task run the way the site agent runs it
-   (``bench_search.run_task``). Recorded per search: the best-so-far curve, and its regret against the
-   best score any search found (the pooled best). The final pick of every search is also scored without
-   acceleration on the first rows of the site ``bench_search`` computed the exhaustive team-level ground
-   truth on (when ``ground_truth_<mode>.json`` exists for the same build): regret against that truth
-   (negative: the pick beats every team-level strategy).
-2. **Pairwise win rates.** For each search's final pick, the strategy is applied to all training rows of
-   each site (as ``autodp site process`` does: no sampling, PTS on), a LoRA is trained on the result
-   with the site agent's training loop (``run_lora``: same base model, seed, steps for every arm) and its
-   per-item loss is taken on the site's clean held-out items. Win rate of A over B: the share of
-   held-out items of every site (pooled) on which A's model gives the reference answer the lower loss
-   (ties count half; ``site_agent.evaluation.metrics.pairwise_win_rate``). Reported: each proposer
-   against the model trained on the unprocessed rows, and each proposer against each other, same seed.
+1. **Search at equal budget.** Each proposer runs its searches of R rounds x K strategies over the
+   operators that need no site-local LLM: ``llm``, the system's own LLM meta-agent, built as the search
+   builds it (``create_proposer("llm", ...)`` with the demo's agent settings: the offline ``local`` backend,
+   the bundled SmolLM2-135M-Instruct on this CPU under a JSON-schema grammar, one torch thread, one re-ask;
+   no network), and the baselines ``random``, ``evolutionary`` and ``tpe``. Every proposer sees the same
+   catalog and the same kind of history (the scored strategies of the rounds before), rounds numbered from
+   1 as in the search, and is asked again (bounded) while a round has fewer than K new valid strategies,
+   as ``coordinator.search`` does. A strategy's score is the mean over the sites of the quality-proxy score
+   under the system's accelerated setting (DPS 200 permille, PTS, prefix cache), each task run the way the
+   site agent runs it (``bench_search.run_task``). Recorded per search: the best-so-far curve, its regret
+   against the best score any search found (the pooled best), seconds spent proposing and evaluating per
+   round, and for ``llm`` the proposer's own log of every round (``LLMProposer.last``, a ``ProposalLog``):
+   how many strategies came from the model and how many were the seeded random fill it adds when the model
+   gives fewer than K valid new ones. The final pick of every search is also scored without acceleration
+   on the first rows of the site ``bench_search`` computed the exhaustive team-level ground truth on (when
+   ``ground_truth_<build>.json`` exists for the same build): regret against that truth (negative: the pick
+   beats every team-level strategy).
+2. **Pairwise win rates.** For each search's final pick (of the proposers the mode trains: all of them,
+   or in medium mode only ``llm`` and ``random``), the strategy is applied to all training rows of each
+   site (as ``autodp site process`` does: no sampling, PTS on), a LoRA is trained on the result with the
+   site agent's training loop (``run_lora``: same base model, seed, steps for every arm) and its per-item
+   loss is taken on the site's clean held-out items. Win rate of A over B: the share of held-out items of
+   every site (pooled) on which A's model gives the reference answer the lower loss (ties count half;
+   ``site_agent.evaluation.metrics.pairwise_win_rate``). Reported: each proposer against the model trained
+   on the unprocessed rows, and each proposer against each other, same seed.
 
-The "best proposer" is the one with the highest mean final search score. The LLM meta-agent (proposer
-``llm``) is not run here: on the CPU it generates every round with the bundled SmolLM2-135M, whose cost
-across several seeds was not affordable in this benchmark's budget; the goals are checked for the best
-of the three baselines instead, which is said in the report.
+The goals are checked for ``llm`` (the system's method): its picks against the unprocessed-data model
+(>= 80%) and against random search's picks (>= 65%); the best baseline (highest mean final search score
+of the three) is shown beside it.
 
-Quick mode builds a tiny 2-layer Llama from a config (random init, seconds to train): its win rates are a
-smoke test of the pipeline, NOT a quality claim. Full mode trains LoRAs of the bundled SmolLM2-135M.
+Modes (run times measured on the shared 2-core development box are in ``MODES``):
 
-    .venv/bin/python bench/bench_quality.py --mode quick    # make bench-quick; a few minutes on 2 cores
-    .venv/bin/python bench/bench_quality.py --mode full     # make bench-quality; see MODES for its run time
+- ``quick``: a tiny 2-layer Llama built from a config (random init, seconds to train) for the LoRAs: its
+  win rates are a smoke test of the pipeline, NOT a quality claim. The meta-agent is the real SmolLM2 on
+  the CPU (~30 s a round), so it gets fewer seeds than the baselines to keep the run under 10 minutes.
+- ``medium``: the quick build and search budget, 1 seed, LoRAs of the real bundled SmolLM2-135M on the
+  first site only, for the picks the goals need (``llm``, ``random``, unprocessed): a reduced-scale probe.
+- ``full``: LoRAs of SmolLM2-135M on every site for every proposer's picks, several seeds.
+
+    .venv/bin/python bench/bench_quality.py --mode quick    # make bench-quick; under 10 minutes on 2 cores
+    .venv/bin/python bench/bench_quality.py --mode medium   # ~25 minutes on 2 cores
+    .venv/bin/python bench/bench_quality.py --mode full     # see MODES for its run time
 
 Writes ``quality_<mode>.json``, ``quality_<mode>.md`` and ``quality_<mode>.png`` (best-so-far and regret
 curves) under ``--out``. Prints counts, scores, win rates and times only.
@@ -41,21 +56,27 @@ import datetime
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the meta-agent and the LoRA base load bundled files only
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_search beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests' tiny model
 
 from bench_search import _command, _machine, ablation_settings, isolated, local_catalog, run_task  # noqa: E402
 
+from coordinator.agent import ProposalLog  # noqa: E402
+from coordinator.config import AgentConfig  # noqa: E402
 from coordinator.proposers import Proposer, ScoredStrategy, create_proposer  # noqa: E402
+from protos.catalog import check_strategy, index_catalog  # noqa: E402
 from protos.errors import AutodpError  # noqa: E402
 from protos.views import EvalSettings, OperatorSpec, Strategy  # noqa: E402
 from site_agent.evaluation.base import Evaluator, create_evaluator  # noqa: E402
@@ -64,12 +85,17 @@ from site_agent.operators.base import Batch  # noqa: E402
 from site_agent.pipeline import execute  # noqa: E402
 from site_agent.resources import SiteResources  # noqa: E402
 
-__all__ = ["GOALS", "MODES", "PROPOSERS", "SearchRun", "best_so_far", "main", "pooled_win_rate", "processed_rows",
-           "regret", "search"]
+__all__ = ["AGENT", "BASELINES", "GOALS", "MODES", "PROPOSERS", "RoundLog", "SearchRun", "best_so_far", "llm_summary",
+           "main", "make_proposer", "pooled_win_rate", "processed_rows", "regret", "search"]
 
 log = logging.getLogger("autodp.bench")
-PROPOSERS = ("random", "evolutionary", "tpe")
+BASELINES = ("random", "evolutionary", "tpe")
+PROPOSERS = ("llm", *BASELINES)
 GOALS = {"vs_unprocessed": 0.80, "vs_random": 0.65}
+MAX_LENGTH = 3  # the search's default max_strategy_length
+# The meta-agent's settings in the demo configuration (coordinator/demo.py), validated as the search's config is.
+AGENT: dict[str, Any] = {"backend": "local", "threads": 1, "max_reasks": 1}
+_PROPOSE_ATTEMPTS = 5  # as coordinator.search._propose_valid: ask again while a round is short, bounded
 
 
 @dataclass(frozen=True)
@@ -80,30 +106,72 @@ class Mode:
     rounds: int
     k: int
     seeds: int
+    llm_seeds: int  # searches of the meta-agent (seeds 0..llm_seeds-1): SmolLM2 on the CPU is the slow proposer
     model: str  # "tiny" (built from a config) or "smollm2" (bundled)
     lora_steps: int
     seq_len: int
     batch_size: int
     lr: float
     run_time: str
+    lora_proposers: tuple[str, ...] = PROPOSERS  # whose picks get a LoRA (and a win rate)
+    lora_sites: int = 0  # LoRAs on the first N sites only (0: every site)
+    truth_build: str = ""  # ground_truth_<build>.json of bench_search for the same build ("": this mode's name)
 
 
-# Measured 2026-12 on the shared 2-core development box (load average 3-4 from other processes).
-_QUICK_TIME = ("3 min (178 s) on the shared 2-core development box at load average 2-4 (a first try with 4 rounds "
-               "and 40 LoRA steps took 14 min at load average 4)")
+# Measured 2026-12 on the shared 2-core development box (load average 2-5 from other processes).
+_QUICK_TIME = ("under 10 min: 561 s and 585 s in two runs on the shared 2-core development box at load average 3-19 "
+               "(other benchmarks running), of which the meta-agent's 2 searches 245-263 s (~40 s a round); a third "
+               "meta-agent seed (~2 more min) did not fit safely")
+_MEDIUM_TIME = ("20 min (1217 s) on the shared 2-core development box at load average 2-6: set-up, searches and ground "
+                "truth ~4 min, then 3 SmolLM2 LoRAs of 40 steps, ~330 s each (loading, ~7 s a step, scoring the 50 "
+                "held-out items)")
 MODES = {
     # Same build as bench_search quick (1800 pairs, 3 sites, 50 held-out): its ground truth applies.
-    "quick": Mode(pairs=1800, sites=3, eval_per_site=50, rounds=3, k=6, seeds=3, model="tiny", lora_steps=30,
-                  seq_len=64, batch_size=8, lr=1e-3, run_time=_QUICK_TIME),
-    "full": Mode(pairs=6000, sites=3, eval_per_site=100, rounds=6, k=8, seeds=5, model="smollm2", lora_steps=150,
-                 seq_len=128, batch_size=8, lr=1e-3,
+    "quick": Mode(pairs=1800, sites=3, eval_per_site=50, rounds=3, k=6, seeds=3, llm_seeds=2, model="tiny",
+                  lora_steps=30, seq_len=64, batch_size=8, lr=1e-3, run_time=_QUICK_TIME),
+    # The quick build and budget; real SmolLM2 LoRAs, for the goals' picks only, on one site.
+    "medium": Mode(pairs=1800, sites=3, eval_per_site=50, rounds=3, k=6, seeds=1, llm_seeds=1, model="smollm2",
+                   lora_steps=40, seq_len=64, batch_size=8, lr=1e-3, run_time=_MEDIUM_TIME,
+                   lora_proposers=("llm", "random"), lora_sites=1, truth_build="quick"),
+    "full": Mode(pairs=6000, sites=3, eval_per_site=100, rounds=6, k=8, seeds=5, llm_seeds=5, model="smollm2",
+                 lora_steps=150, seq_len=128, batch_size=8, lr=1e-3,
                  run_time="not run yet; estimated ~14 h on the shared 2-core development box (a SmolLM2-135M "
-                          "LoRA step at batch 8, seq len 128 measured at 6-7 s there; up to 48 trainings x 150 "
-                          "steps), well under an hour on a GPU (not measured)"),
+                          "LoRA step at batch 8, seq len 128 measured at 6-14 s there; up to 63 trainings x 150 "
+                          "steps; the meta-agent adds ~30-60 s a round, 30 rounds), well under an hour on a GPU "
+                          "(not measured)"),
 }
 
 
 # -- 1: search at equal budget ----------------------------------------------------------------------------------
+
+def make_proposer(name: str, seed: int, agent: Mapping[str, Any] | None = None) -> Proposer:
+    """The proposer ``name`` as ``coordinator.search.run_search`` creates it; for ``llm`` the agent settings
+    (default :data:`AGENT`) are validated as a search config's ``agent`` block and passed the same way."""
+    extra = AgentConfig.model_validate(dict(agent or AGENT)).model_dump() if name == "llm" else {}
+    return create_proposer(name, seed=seed, max_length=MAX_LENGTH, **extra)
+
+
+@dataclass
+class RoundLog:
+    """One round of one search: what was proposed, how long proposing and evaluating took, and for the
+    meta-agent what its ``ProposalLog``s said (summed over the round's ``propose`` calls)."""
+
+    round_no: int
+    proposed: int = 0
+    propose_s: float = 0.0
+    eval_s: float = 0.0
+    propose_calls: int = 0
+    llm_calls: int | None = None  # None: not the meta-agent
+    from_llm: int | None = None
+    random_filled: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, entry: ProposalLog) -> None:
+        self.llm_calls = (self.llm_calls or 0) + entry.llm_calls
+        self.from_llm = (self.from_llm or 0) + entry.from_llm
+        self.random_filled = (self.random_filled or 0) + entry.random_filled
+        self.problems += entry.problems
+
 
 @dataclass
 class SearchRun:
@@ -111,6 +179,8 @@ class SearchRun:
     seed: int
     strategies: list[Strategy] = field(default_factory=list)
     scores: list[float | None] = field(default_factory=list)  # mean over the sites that answered
+    origins: list[str] = field(default_factory=list)  # per strategy: "model", "random fill" or "" (a baseline)
+    rounds: list[RoundLog] = field(default_factory=list)
     seconds: float = 0.0
 
     def best_index(self) -> int | None:
@@ -133,22 +203,104 @@ def regret(curve: Sequence[float | None], reference: float) -> list[float | None
     return [None if c is None else reference - c for c in curve]
 
 
+def _propose_round(proposer: Proposer, round_no: int, k: int, catalog: Sequence[OperatorSpec],
+                   history: Sequence[ScoredStrategy], entry: RoundLog, origins: list[str]) -> list[Strategy]:
+    """Up to ``k`` new valid strategies: ask, drop what is invalid or already evaluated, ask again (bounded),
+    as the search does. The meta-agent's log of each call is added to ``entry``, and where each kept strategy
+    came from ("model", "random fill"; "" for a baseline) to ``origins``."""
+    index = index_catalog(catalog)
+    seen = {h.strategy.key for h in history}
+    chosen: list[Strategy] = []
+    for _attempt in range(_PROPOSE_ATTEMPTS):
+        need = k - len(chosen)
+        if need <= 0:
+            break
+        before = getattr(proposer, "last", None)
+        known = [*history, *(ScoredStrategy(round_no, s, None) for s in chosen)]
+        got = proposer.propose(round_no, need, catalog, known)
+        entry.propose_calls += 1
+        after = getattr(proposer, "last", None)
+        from_model = -1  # a baseline: no origin to tell
+        if isinstance(after, ProposalLog) and after is not before:
+            entry.add(after)
+            from_model = after.from_llm  # the proposer puts the model's strategies first, its random fill after
+        for i, s in enumerate(got):
+            if s.key in seen or check_strategy(s, index, MAX_LENGTH):
+                continue
+            seen.add(s.key)
+            chosen.append(s)
+            origins.append("" if from_model < 0 else "model" if i < from_model else "random fill")
+    del origins[k:]
+    return chosen[:k]
+
+
 def search(sites: Mapping[str, SiteResources], proposer: Proposer, name: str, seed: int,
            catalog: Sequence[OperatorSpec], rounds: int, k: int, settings: EvalSettings,
            evaluator: Evaluator) -> SearchRun:
-    """``rounds`` x ``k`` strategies from ``proposer``, each scored on every site; history gets the mean."""
+    """``rounds`` x ``k`` strategies from ``proposer`` (rounds numbered from 1, as in the search), each scored
+    on every site; the history gets the mean."""
     run, history = SearchRun(name, seed), list[ScoredStrategy]()
     t0 = time.perf_counter()
-    for round_no in range(rounds):
-        for strategy in proposer.propose(round_no, k, catalog, history):
+    for round_no in range(1, rounds + 1):
+        entry = RoundLog(round_no)
+        t = time.perf_counter()
+        origins: list[str] = []
+        strategies = _propose_round(proposer, round_no, k, catalog, history, entry, origins)
+        run.origins += origins
+        entry.propose_s, entry.proposed = time.perf_counter() - t, len(strategies)
+        t = time.perf_counter()
+        for strategy in strategies:
             per_site = [run_task(r, strategy, settings, evaluator).score for r in sites.values()]
             ok = [s for s in per_site if s is not None]
             score = sum(ok) / len(ok) if ok else None
             run.strategies.append(strategy)
             run.scores.append(score)
             history.append(ScoredStrategy(round_no, strategy, score))
+        entry.eval_s = time.perf_counter() - t
+        run.rounds.append(entry)
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def llm_summary(runs: Sequence[SearchRun], rounds: int) -> dict[str, Any]:
+    """Per round, summed over the meta-agent's searches: strategies from the model, seeded random fill, model
+    calls and seconds proposing; and the totals."""
+    mine = [r for r in runs if any(e.llm_calls is not None for e in r.rounds)]
+    per_round: list[dict[str, Any]] = []
+    for j in range(rounds):
+        entries = [r.rounds[j] for r in mine if j < len(r.rounds)]
+        per_round.append({"round": j + 1, "searches": len(entries),
+                          "proposed": sum(e.proposed for e in entries),
+                          "from_llm": sum(e.from_llm or 0 for e in entries),
+                          "random_filled": sum(e.random_filled or 0 for e in entries),
+                          "llm_calls": sum(e.llm_calls or 0 for e in entries),
+                          "propose_s_mean": _mean([e.propose_s for e in entries])})
+    from_llm = sum(p["from_llm"] for p in per_round)
+    filled = sum(p["random_filled"] for p in per_round)
+    answers = [text for r in mine for e in r.rounds for text in e.problems]
+    return {"searches": len(mine), "per_round": per_round, "from_llm": from_llm, "random_filled": filled,
+            "llm_share": from_llm / (from_llm + filled) if from_llm + filled else None,
+            "propose_s_per_round": _mean([e.propose_s for r in mine for e in r.rounds]),
+            "answers": len(answers), "problems": _problem_counts(answers),
+            "pick_origins": [r.origins[i] for r in mine if (i := r.best_index()) is not None]}
+
+
+def _problem_counts(summaries: Sequence[str]) -> list[tuple[str, int]]:
+    """The repair reports' summaries (``RepairReport.summary``: a head, then "issue xN" parts; counts and
+    catalog names only) folded into one count per kind, most common first."""
+    counts: Counter[str] = Counter()
+    for text in summaries:
+        head, *rest = text.split("; ")
+        words = head.split()
+        if len(words) == 5 and words[1:3] == ["strategies", "offered,"] and words[4] == "kept":
+            counts["strategies offered"] += int(words[0])
+            counts["strategies kept"] += int(words[3])
+        else:  # "no answer", "the answer was not JSON"
+            counts[head] += 1
+        for part in rest:
+            what, _, n = part.rpartition(" x")
+            counts[what or part] += int(n) if n.isdigit() else 1
+    return counts.most_common()
 
 
 # -- 2: LoRA on the processed rows, pairwise win rates ----------------------------------------------------------
@@ -230,33 +382,80 @@ def _plot(path: Path, curves: Mapping[str, list[list[float | None]]], reference:
     plt.close(fig)
 
 
+def _scale_note(report: Mapping[str, Any]) -> str:
+    m = report["mode_config"]
+    if report["lora"]["model"] == "tiny":
+        return " (tiny random-init model: a smoke test, not a quality claim)"
+    if report["mode"] == "full":
+        return ""
+    return (f" ({report['lora']['model']}, {report['seeds']} seed(s), {m['lora_steps']} steps, LoRAs on "
+            f"{len(report['lora']['sites'])} site(s): a reduced-scale probe, not the full benchmark)")
+
+
+def _met(value: float | None, met: bool) -> str:
+    return f"{_pct(value)} -> **{'met' if met else 'not met'}**" if value is not None else "-> **not measured**"
+
+
 def _goal_lines(report: Mapping[str, Any]) -> list[str]:
-    g, best = report["goals"], report["best_proposer"]
-    tiny, m = report["lora"]["model"] == "tiny", report["mode_config"]
-    smoke = (" (tiny random-init model: a smoke test, not a quality claim)" if tiny else
-             f" ({report['lora']['model']}, {report['seeds']} seed(s), {m['lora_steps']} steps on the quick build: "
-             "a small probe, not the full benchmark)" if report["mode"] == "quick" else "")
-    vs_r = ("n/a: the best proposer is random itself" if g["vs_random"] is None and best == "random"
-            else f"{_pct(g['vs_random'])} -> **{'met' if g['vs_random_met'] else 'not met'}**")
-    return [
-        f"- best proposer (highest mean final search score): **{best}**; the LLM meta-agent was not run (see the "
-        "module doc), so the goals are checked for the best baseline",
-        f"- win rate of the best proposer's picks against the unprocessed-data model >= "
-        f"{GOALS['vs_unprocessed']:.0%}: {_pct(g['vs_unprocessed'])} (mean over seeds) -> "
-        f"**{'met' if g['vs_unprocessed_met'] else 'not met'}**{smoke}",
-        f"- win rate against random search's picks >= {GOALS['vs_random']:.0%}: {vs_r}{smoke}",
-    ]
+    g, note = report["goals"], _scale_note(report)
+    who, base = g["proposer"], g["best_baseline"]
+    if who == "llm":
+        head = (f"- checked for **llm**, the LLM meta-agent (the system's method: bundled SmolLM2-135M-Instruct on "
+                f"the CPU, {report['llm_seeds']} seed(s)); best baseline by mean final search score: **{base}**")
+    else:
+        head = f"- the meta-agent was not run (--proposers): the goals are checked for the best baseline, **{who}**"
+    beside = who == "llm" and base is not None
+
+    def with_base(key: str) -> str:
+        if not beside:
+            return ""
+        v = g["best_baseline_" + key]
+        if key == "vs_random" and base == "random":
+            return "; best baseline: random itself"
+        return f"; best baseline ({base}): {_pct(v) if v is not None else 'no LoRA in this mode'}"
+
+    vs_r = ("n/a: the checked proposer is random itself" if who == "random"
+            else _met(g["vs_random"], g["vs_random_met"]))
+    lines = [head,
+             f"- win rate of {who}'s picks against the unprocessed-data model >= {GOALS['vs_unprocessed']:.0%}: "
+             f"{_met(g['vs_unprocessed'], g['vs_unprocessed_met'])} (mean over seeds){with_base('vs_unprocessed')}"
+             f"{note}",
+             f"- win rate of {who}'s picks against random search's picks >= {GOALS['vs_random']:.0%}: {vs_r}"
+             f"{with_base('vs_random')}{note}"]
+    return lines
 
 
 def _limits(report: Mapping[str, Any]) -> list[str]:
-    per = report["search"]["per_proposer"]
-    best = report["best_proposer"]
+    per, best, llm = report["search"]["per_proposer"], report["best_proposer"], report["llm"]
     truth = {n: p["truth_regret_mean"] for n, p in per.items() if p["truth_regret_mean"] is not None}
-    out = ["- The LLM meta-agent (the system's own proposer) was not run: the goals are checked for the best of "
-           "the three baselines, which is not what the goals are about."]
+    out = []
+    if llm is not None:
+        if report["llm_seeds"] < report["seeds"]:
+            out.append(f"- The meta-agent ran {report['llm_seeds']} seed(s), the baselines {report['seeds']}: SmolLM2 "
+                       f"on this CPU takes ~{llm['propose_s_per_round']:.0f} s to propose a round, and the mode's time "
+                       "limit does not hold more. Its means are over fewer searches; the pairwise win rates compare "
+                       "the same seeds only.")
+        if llm["llm_share"] is not None:
+            issues = [(what, n) for what, n in llm["problems"] if not what.startswith("strategies ")]
+            top = f" (the repair step's most common finding: '{issues[0][0]}', {issues[0][1]} times)" if issues else ""
+            picks = llm["pick_origins"]
+            out.append(f"- Of the {llm['from_llm'] + llm['random_filled']} strategies the meta-agent's searches "
+                       f"evaluated, {llm['from_llm']} ({llm['llm_share']:.0%}) came from the model and "
+                       f"{llm['random_filled']} were the seeded random fill it adds when the model gives fewer than "
+                       f"K valid new strategies{top}; {picks.count('model')} of its {len(picks)} final pick(s) came "
+                       "from the model. The fill is `RandomProposer` with the search's seed, so in a round it draws "
+                       "what random search with the same seed draws first (minus what was already seen): the "
+                       "meta-agent's curve is partly random search's, and its picks can coincide with random's.")
     if report["lora"]["model"] == "tiny":
         out.append("- The win rates come from a tiny random-init model trained for a few steps: whether they reach "
-                   "a goal says nothing about quality. Full mode (SmolLM2-135M) gives the numbers that count.")
+                   "a goal says nothing about quality. Medium and full mode (SmolLM2-135M) give numbers that count.")
+    elif report["mode"] != "full":
+        out.append(f"- Reduced scale: {report['seeds']} seed, LoRAs of {report['mode_config']['lora_steps']} steps "
+                   f"on {', '.join(report['lora']['sites'])} only, picks of {', '.join(report['lora']['proposers'])} "
+                   "only; one seed says nothing about the spread between searches.")
+    n_items = report["mode_config"]["eval_per_site"] * len(report["lora"]["sites"])
+    out.append(f"- {n_items} held-out items per comparison: a win rate's 95% interval is about "
+               f"±{1.96 * math.sqrt(0.25 / n_items):.0%} (binomial near 50%, ties aside), wider across seeds.")
     if truth:
         low = min(truth, key=lambda n: truth[n])
         same = "is also" if low == best else "is not"
@@ -267,30 +466,62 @@ def _limits(report: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _llm_lines(llm: Mapping[str, Any] | None, k: int, agent: Mapping[str, Any]) -> list[str]:
+    if llm is None:
+        return []
+    lines = ["### The meta-agent's proposals", "",
+             f"Its own log (`LLMProposer.last`) of every round, summed over its {llm['searches']} search(es); K = "
+             f"{k}. Settings: `{json.dumps(agent)}` (the demo's), the search's seed, max strategy length "
+             f"{MAX_LENGTH}.", "",
+             "| round | strategies evaluated | from the model | seeded random fill | model calls | s proposing "
+             "(mean per search) |", "|---|---|---|---|---|---|"]
+    for p in llm["per_round"]:
+        lines.append(f"| {p['round']} | {p['proposed']} | {p['from_llm']} | {p['random_filled']} | {p['llm_calls']} | "
+                     f"{_fmt(p['propose_s_mean'], 0)} |")
+    lines.append(f"| all | {llm['from_llm'] + llm['random_filled']} | {llm['from_llm']} | {llm['random_filled']} | "
+                 f"{sum(p['llm_calls'] for p in llm['per_round'])} | {_fmt(llm['propose_s_per_round'], 0)} a round |")
+    picks = llm["pick_origins"]
+    lines += ["", f"Final picks (best of each search) that came from the model: {picks.count('model')} of "
+              f"{len(picks)}."]
+    if llm["problems"]:
+        lines += ["", "What the repair step found in the model's answers (counts over all answers):", ""]
+        lines += [f"- {text}: {n}" for text, n in llm["problems"]]
+    return [*lines, ""]
+
+
 def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
     m, s = report["mode_config"], report["search"]
+    seeds_note = (f"{report['seeds']} seed(s) per baseline, {report['llm_seeds']} for the meta-agent"
+                  if report["llm"] is not None else f"{report['seeds']} seed(s)")
     lines = [
         f"# Quality benchmark ({report['mode']} mode)", "",
         f"- command: `{report['command']}`",
         f"- date: {report['date']}",
         f"- machine: {report['machine']['platform']}, {report['machine']['processor']}, "
         f"{report['machine']['cpu_count']} CPUs, Python {report['machine']['python']}; load average at start "
-        f"{report['machine']['load_average_at_start']} (shared machine)",
+        f"{report['machine']['load_average_at_start']}, at the end {report['load_average_at_end']} (shared machine)",
         f"- run time: {report['run_s']:.0f} s in all (build and site preparation {report['setup_s']:.0f} s, "
-        f"searches {report['search_s']:.0f} s, ground-truth scoring {report['truth_s']:.0f} s, LoRA "
-        f"{report['lora_s']:.0f} s)",
-        "- modes: " + "; ".join(f"{n}: {c.rounds} x {c.k} evaluations, {c.seeds} seeds, {c.pairs // c.sites} rows "
-                                f"per site, {c.model} LoRA {c.lora_steps} steps; {c.run_time}"
+        f"searches {report['search_s']:.0f} s of which the meta-agent's {report['llm_search_s']:.0f} s, ground-truth "
+        f"scoring {report['truth_s']:.0f} s, LoRA {report['lora_s']:.0f} s)",
+        "- modes: " + "; ".join(f"{n}: {c.rounds} x {c.k} evaluations, {c.seeds} seed(s) ({c.llm_seeds} for the "
+                                f"meta-agent), {c.pairs // c.sites} rows per site, {c.model} LoRA {c.lora_steps} "
+                                f"steps (seq len {c.seq_len}) on "
+                                f"{'every site' if not c.lora_sites else f'{c.lora_sites} site(s)'} for the picks of "
+                                f"{', '.join(c.lora_proposers)}; {c.run_time}"
                                 for n, c in MODES.items()),
+        f"- this run: {', '.join(report['proposers'])}; {seeds_note}",
         f"- sites: {', '.join(report['sites'])}; {m['eval_per_site']} held-out items each; search setting: "
         f"quality proxy, DPS {report['settings']['sample_rate_permille']} permille, PTS, prefix cache; "
-        f"{len(report['catalog'])} operators (no LLM)",
+        f"{len(report['catalog'])} operators (no site-local LLM)",
         f"- LoRA: model {report['lora']['model']}, {m['lora_steps']} steps, batch {m['batch_size']}, seq len "
-        f"{m['seq_len']}, lr {m['lr']}, seed 0 for every arm", "",
+        f"{m['seq_len']}, lr {m['lr']}, seed 0 for every arm, on {', '.join(report['lora']['sites'])}; picks of "
+        f"{', '.join(report['lora']['proposers'])}", "",
         "## Goals", "", *_goal_lines(report),
         *([f"- quick mode under 10 minutes: {report['run_s']:.0f} s -> "
            f"**{'met' if report['run_s'] < 600 else 'not met'}**"] if report["mode"] == "quick" else []),
-        "- full mode (SmolLM2-135M LoRA, the only mode whose win rates mean something): "
+        "- medium mode (SmolLM2-135M LoRA, reduced scale): "
+        + ("run, see above" if report["mode"] == "medium" else "a separate run, see `quality_medium.md`"),
+        "- full mode (SmolLM2-135M LoRA on every site and pick, several seeds): "
         + ("run, see above" if report["mode"] == "full" else "**not run** (time; see its estimate under modes)"),
         "",
         "## 1. Search at equal budget", "",
@@ -298,13 +529,14 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
         f"Pooled best search score (any proposer, any seed): {_fmt(s['pooled_best'], 4)}. "
         "Ground-truth regret: the final pick scored without acceleration on the exhaustive benchmark's rows, "
         "against the best of the team-level space there (negative: better than all of it).", "",
-        "| proposer | final best (mean ± sd) | regret vs pooled (mean) | ground-truth regret (mean) | search s "
-        "| per seed: final best |",
-        "|---|---|---|---|---|---|",
+        "| proposer | seeds | final best (mean ± sd) | regret vs pooled (mean) | ground-truth regret (mean) "
+        "| s proposing a round (mean) | search s (all seeds) | per seed: final best |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, p in s["per_proposer"].items():
-        lines.append(f"| {name} | {_fmt(p['final_mean'], 4)} ± {_fmt(p['final_sd'], 4)} | "
-                     f"{_fmt(p['regret_mean'], 4)} | {_fmt(p['truth_regret_mean'], 4)} | {p['seconds']:.0f} | "
+        lines.append(f"| {name} | {len(p['finals'])} | {_fmt(p['final_mean'], 4)} ± {_fmt(p['final_sd'], 4)} | "
+                     f"{_fmt(p['regret_mean'], 4)} | {_fmt(p['truth_regret_mean'], 4)} | "
+                     f"{_fmt(p['propose_s_per_round'], 1)} | {p['seconds']:.0f} | "
                      + ", ".join(_fmt(x, 4) for x in p["finals"]) + " |")
     lines += ["", "Mean best-so-far after each round (all seeds):", "",
               "| proposer | " + " | ".join(f"round {i + 1}" for i in range(report["rounds"])) + " |",
@@ -312,7 +544,8 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
     for name, p in s["per_proposer"].items():
         lines.append(f"| {name} | " + " | ".join(_fmt(x, 4) for x in p["per_round_mean"]) + " |")
     lines += ["", f"Plot: `{report['plot']}` (best-so-far per seed and mean; regret of the mean).", "",
-              "## 2. Pairwise win rates (held-out items of every site, pooled)", ""]
+              *_llm_lines(report["llm"], report["k"], report["agent"]),
+              "## 2. Pairwise win rates (held-out items pooled over the LoRA sites)", ""]
     if report["lora"]["model"] == "tiny":
         lines += ["**Smoke test:** the quick mode trains a tiny 2-layer model from a random init for a few "
                   "steps; these numbers show that the pipeline runs end to end, they say nothing about quality.",
@@ -325,10 +558,11 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
         row = [_pct(_mean(w["vs_unprocessed"][a])), ", ".join(_pct(x) for x in w["vs_unprocessed"][a])]
         row += ["-" if a == b else _pct(_mean(w["pairwise"][a][b])) for b in names]
         lines.append(f"| {a} | " + " | ".join(row) + " |")
-    lines += ["", "Picks and rows kept (site process, all rows, PTS on):", "",
+    lines += ["", "Picks and rows kept (site process, all rows, PTS on; LoRA sites only):", "",
               "| proposer | seed | search score | strategy | rows kept per site |", "|---|---|---|---|---|"]
     for pick in report["picks"]:
-        lines.append(f"| {pick['proposer']} | {pick['seed']} | {_fmt(pick['score'], 4)} | {pick['strategy']} | "
+        origin = f" ({pick['origin']})" if pick["origin"] else ""
+        lines.append(f"| {pick['proposer']}{origin} | {pick['seed']} | {_fmt(pick['score'], 4)} | {pick['strategy']} | "
                      + ", ".join(f"{k}: {v}" for k, v in pick["rows"].items()) + " |")
     lines += ["", "## What limits these results", "", *_limits(report)]
     lines += ["", "Unprocessed rows per site: " + ", ".join(f"{k}: {v}" for k, v in report["lora"]["raw_rows"].items()),
@@ -358,13 +592,21 @@ def _prepare_sites(workdir: Path, mode: Mode, seed: int) -> dict[str, SiteResour
     return out
 
 
-def _ground_truth(path: Path, mode: str) -> dict[str, Any] | None:
+def _ground_truth(path: Path, build: str) -> dict[str, Any] | None:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and doc.get("mode") == mode and doc.get("best", {}).get("score") is not None \
+    return doc if isinstance(doc, dict) and doc.get("mode") == build and doc.get("best", {}).get("score") is not None \
         else None
+
+
+def _goal_values(name: str | None, vs_raw: Mapping[str, list[float | None]],
+                 pairwise: Mapping[str, Mapping[str, list[float | None]]]) -> tuple[float | None, float | None]:
+    """(win rate vs unprocessed, vs random) of ``name``'s picks, means over seeds; None where not measured."""
+    if name is None or name not in vs_raw:
+        return None, None
+    return _mean(vs_raw[name]), _mean(pairwise[name]["random"]) if "random" in pairwise[name] else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -372,16 +614,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mode", choices=sorted(MODES), default="quick")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--seeds", type=int, help="override the mode's number of seeds")
+    ap.add_argument("--llm-seeds", type=int, help="override the meta-agent's number of seeds (default: the mode's, "
+                                                  "at most --seeds)")
     ap.add_argument("--proposers", default=",".join(PROPOSERS), help="comma-separated, from " + ", ".join(PROPOSERS))
     ap.add_argument("--model", help="override the mode's LoRA model: 'tiny', 'smollm2' or an HF folder")
     ap.add_argument("--label", help="name of the result files, quality_<label>.* (default: the mode)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     mode = MODES[args.mode]
     seeds = args.seeds or mode.seeds
+    llm_seeds = args.llm_seeds or min(mode.llm_seeds, seeds)
     proposers = [p for p in args.proposers.split(",") if p]
-    if not proposers or any(p not in PROPOSERS for p in proposers):
-        print(f"error: --proposers takes names from {', '.join(PROPOSERS)}", file=sys.stderr)
+    if not proposers or any(p not in PROPOSERS for p in proposers) or seeds < 1 or llm_seeds < 1:
+        print(f"error: --proposers takes names from {', '.join(PROPOSERS)}; seeds must be >= 1", file=sys.stderr)
         return 2
     machine, started = _machine(), time.perf_counter()
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -401,16 +646,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs: list[SearchRun] = []
         t0 = time.perf_counter()
         for name in proposers:
-            for seed in range(seeds):
-                runs.append(search(sites, create_proposer(name, seed=seed, max_length=3), name, seed, catalog,
-                                   mode.rounds, mode.k, settings, evaluator))
+            for seed in range(llm_seeds if name == "llm" else seeds):
+                proposer = make_proposer(name, seed)
+                try:
+                    runs.append(search(sites, proposer, name, seed, catalog, mode.rounds, mode.k, settings, evaluator))
+                finally:
+                    close = getattr(proposer, "close", None)
+                    if callable(close):
+                        close()
                 last = best_so_far(runs[-1].scores)
-                say(f"search {name} seed {seed}: best {_fmt(last[-1] if last else None, 4)}")
+                took = " / ".join(f"{e.propose_s:.0f}" for e in runs[-1].rounds)
+                fill = ("; from the model / random fill per round: " + ", ".join(
+                    f"{e.from_llm}/{e.random_filled}" for e in runs[-1].rounds)) if name == "llm" else ""
+                say(f"search {name} seed {seed}: best {_fmt(last[-1] if last else None, 4)}; s proposing per round "
+                    f"{took}{fill}")
         search_s = time.perf_counter() - t0
 
         # ground-truth regret: final picks, no acceleration, on bench_search's exhaustive rows
         t0 = time.perf_counter()
-        truth = _ground_truth(args.out / f"ground_truth_{args.mode}.json", args.mode)
+        build = mode.truth_build or args.mode
+        truth_file = args.out / f"ground_truth_{build}.json"
+        truth = _ground_truth(truth_file, build)
         truth_scores: dict[tuple[str, int], float | None] = {}
         if truth is not None and truth["site"] in sites:
             small = isolated(sites[truth["site"]], workdir / "truth", int(truth["rows"]))
@@ -422,19 +678,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             small.close()
         truth_s = time.perf_counter() - t0
 
-        # LoRA: unprocessed rows and every search's final pick, per site
+        # LoRA: unprocessed rows and the final pick of every trained proposer's searches, per LoRA site
         t0 = time.perf_counter()
         model_name = args.model or mode.model
+        lora_names = [n for n in proposers if n in mode.lora_proposers]
+        lora_sites = list(sites)[: mode.lora_sites] if mode.lora_sites else list(sites)
         from transformers.utils import logging as hf_logging_module
 
         from site_agent.evaluation.lora_train import TrainConfig, run_lora
 
         hf_logging: Any = hf_logging_module  # untyped module
         hf_logging.disable_progress_bar()  # a weights-loading bar per training buries the report
-        if model_name == "tiny":
-            import torch
+        import torch
 
-            torch.set_num_threads(1)  # a 2-layer model gains nothing from threads on a busy CPU
+        torch.set_num_threads(1)  # tiny: gains nothing from threads; SmolLM2: two fighting over a busy 2-core box
 
         texts = [t for r in sites.values() for b in (r.data, r.eval_data or {}) for col in b.values() for t in col]
         folder = _model_folder(model_name, texts, workdir)
@@ -444,28 +701,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         def losses(site: str, batch: Batch) -> list[float] | None:
             eval_batch = sites[site].eval_data
             assert eval_batch is not None
+            t = time.perf_counter()
             try:
                 return run_lora(folder, cfg, batch, eval_batch).losses
             except AutodpError as e:
                 log.warning("LoRA on site %s failed: %s", site, type(e).__name__)
                 return None
+            finally:
+                say(f"  LoRA on {site}: {time.perf_counter() - t:.0f} s")
 
-        raw = {s: losses(s, r.data) for s, r in sites.items()}
+        raw = {s: losses(s, sites[s].data) for s in lora_sites}
         raw_ok = {s: v for s, v in raw.items() if v is not None}
-        say(f"LoRA on unprocessed rows of {len(raw_ok)} sites done")
+        say(f"LoRA on unprocessed rows of {len(raw_ok)} site(s) done")
         trained: dict[tuple[str, str], list[float] | None] = {}
         picks: list[dict[str, Any]] = []
         pick_losses: dict[tuple[str, int], dict[str, list[float]]] = {}
         for r in runs:
             i = r.best_index()
-            if i is None:
+            if i is None or r.proposer not in lora_names:
                 continue
             strategy = r.strategies[i]
             rows: dict[str, int] = {}
             per_site: dict[str, list[float]] = {}
-            for s, res in sites.items():
+            for s in lora_sites:
                 key = (s, strategy.key)
-                batch = processed_rows(res, strategy)
+                batch = processed_rows(sites[s], strategy)
                 rows[s] = len(batch["instruction"])
                 if key not in trained:
                     trained[key] = losses(s, batch) if rows[s] else None
@@ -473,9 +733,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     per_site[s] = got
             pick_losses[(r.proposer, r.seed)] = per_site
             picks.append({"proposer": r.proposer, "seed": r.seed, "score": r.scores[i], "key": strategy.key,
-                          "strategy": strategy.describe(), "rows": rows})
+                          "origin": r.origins[i], "strategy": strategy.describe(), "rows": rows})
         lora_s = time.perf_counter() - t0
         say(f"LoRA: {len(trained) + len(raw)} trainings in {lora_s:.0f} s")
+        raw_rows = {s: len(sites[s].data["instruction"]) for s in lora_sites}
         for res in sites.values():
             res.close()
 
@@ -488,40 +749,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         per_round = [_mean([c[min(len(c), (j + 1) * mode.k) - 1] if c else None for c in curves])
                      for j in range(mode.rounds)]
         per_proposer[name] = {
+            "seeds": [r.seed for r in mine],
             "finals": finals, "final_mean": _mean(finals), "final_sd": _sd(finals),
             "regret_mean": _mean([pooled - f if f is not None else None for f in finals]),
             "truth_regret_mean": _mean([truth["best"]["score"] - v if (v := truth_scores.get((name, r.seed)))
                                         is not None and truth else None for r in mine]),
             "truth_scores": [truth_scores.get((name, r.seed)) for r in mine],
-            "per_round_mean": per_round, "seconds": sum(r.seconds for r in mine), "curves": curves,
-            "regret_curves": [regret(c, pooled) for c in curves]}
+            "per_round_mean": per_round, "seconds": sum(r.seconds for r in mine),
+            "propose_s_per_round": _mean([e.propose_s for r in mine for e in r.rounds]),
+            "curves": curves, "regret_curves": [regret(c, pooled) for c in curves]}
     best = max(proposers, key=lambda n: per_proposer[n]["final_mean"] or -math.inf)
+    baselines = [n for n in proposers if n != "llm"]
+    best_base = max(baselines, key=lambda n: per_proposer[n]["final_mean"] or -math.inf) if baselines else None
     vs_raw = {a: [pooled_win_rate(pick_losses[(a, sd)], raw_ok) if (a, sd) in pick_losses else None
-                  for sd in range(seeds)] for a in proposers}
+                  for sd in range(seeds)] for a in lora_names}
     pairwise = {a: {b: [pooled_win_rate(pick_losses[(a, sd)], pick_losses[(b, sd)])
                         if (a, sd) in pick_losses and (b, sd) in pick_losses else None for sd in range(seeds)]
-                    for b in proposers if b != a} for a in proposers}
-    g_raw = _mean(vs_raw[best])
-    g_rand = _mean(pairwise[best]["random"]) if best != "random" and "random" in proposers else None
-    goals = {"vs_unprocessed": g_raw, "vs_unprocessed_met": g_raw is not None and g_raw >= GOALS["vs_unprocessed"],
-             "vs_random": g_rand, "vs_random_met": g_rand is not None and g_rand >= GOALS["vs_random"]}
+                    for b in lora_names if b != a} for a in lora_names}
+    checked = "llm" if "llm" in proposers else best_base
+    g_raw, g_rand = _goal_values(checked, vs_raw, pairwise)
+    b_raw, b_rand = _goal_values(best_base, vs_raw, pairwise)
+    goals = {"proposer": checked, "best_baseline": best_base,
+             "vs_unprocessed": g_raw, "vs_unprocessed_met": g_raw is not None and g_raw >= GOALS["vs_unprocessed"],
+             "vs_random": g_rand, "vs_random_met": g_rand is not None and g_rand >= GOALS["vs_random"],
+             "best_baseline_vs_unprocessed": b_raw, "best_baseline_vs_random": b_rand}
+    llm = llm_summary(runs, mode.rounds) if "llm" in proposers else None
     args.out.mkdir(parents=True, exist_ok=True)
     label = args.label or args.mode
     plot = args.out / f"quality_{label}.png"
     _plot(plot, {n: p["curves"] for n, p in per_proposer.items()}, pooled, mode.k)
     report: dict[str, Any] = {
         "mode": args.mode, "command": _command(), "date": date, "machine": machine,
-        "run_s": time.perf_counter() - started, "setup_s": setup_s, "search_s": search_s, "truth_s": truth_s,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "run_s": time.perf_counter() - started, "setup_s": setup_s, "search_s": search_s,
+        "llm_search_s": sum(r.seconds for r in runs if r.proposer == "llm"), "truth_s": truth_s,
         "lora_s": lora_s, "mode_config": asdict(mode), "rounds": mode.rounds, "k": mode.k, "seeds": seeds,
+        "llm_seeds": llm_seeds if "llm" in proposers else 0, "proposers": proposers, "agent": AGENT,
         "sites": list(sites), "settings": settings.model_dump(mode="json"), "catalog": [c.name for c in catalog],
-        "best_proposer": best, "goals": goals, "plot": str(plot),
+        "best_proposer": best, "goals": goals, "plot": str(plot), "llm": llm,
         "search": {"pooled_best": pooled, "per_proposer": per_proposer,
-                   "ground_truth": {"file": str(args.out / f"ground_truth_{args.mode}.json"),
-                                    "best": truth["best"]["score"] if truth else None,
+                   "ground_truth": {"file": str(truth_file), "best": truth["best"]["score"] if truth else None,
                                     "site": truth["site"] if truth else None, "rows": truth["rows"] if truth else None},
                    "runs": [{"proposer": r.proposer, "seed": r.seed, "scores": r.scores,
-                             "strategies": [s.key for s in r.strategies]} for r in runs]},
-        "lora": {"model": model_name, "raw_rows": {s: len(r.data["instruction"]) for s, r in sites.items()},
+                             "strategies": [s.key for s in r.strategies], "origins": r.origins,
+                             "best": r.best_index(), "rounds": [asdict(e) for e in r.rounds]} for r in runs]},
+        "lora": {"model": model_name, "sites": lora_sites, "proposers": lora_names, "raw_rows": raw_rows,
                  "trainings": len(trained) + len(raw)},
         "win_rates": {"vs_unprocessed": vs_raw, "pairwise": pairwise},
         "picks": picks,
@@ -531,10 +803,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in _goal_lines(report):
         print(line)
     for name, p in per_proposer.items():
+        wins = (f"win vs unprocessed {_pct(_mean(vs_raw[name]))}; "
+                + ", ".join(f"vs {b} {_pct(_mean(v))}" for b, v in pairwise[name].items())) if name in vs_raw else ""
         print(f"{name:13} final best {_fmt(p['final_mean'], 4)} ± {_fmt(p['final_sd'], 4)}, regret "
-              f"{_fmt(p['regret_mean'], 4)}, truth regret {_fmt(p['truth_regret_mean'], 4)}, win vs unprocessed "
-              f"{_pct(_mean(vs_raw[name]))}; "
-              + ", ".join(f"vs {b} {_pct(_mean(v))}" for b, v in pairwise[name].items()))
+              f"{_fmt(p['regret_mean'], 4)}, truth regret {_fmt(p['truth_regret_mean'], 4)}; {wins}")
+    if llm is not None:
+        print(f"llm: {llm['from_llm']} strategies from the model, {llm['random_filled']} seeded random fill; "
+              f"{_fmt(llm['propose_s_per_round'], 1)} s proposing a round")
     say(f"wrote {args.out}/quality_{label}.json, .md and .png")
     return 0
 

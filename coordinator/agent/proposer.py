@@ -36,6 +36,7 @@ from protos.views import OperatorSpec, Strategy
 __all__ = ["ChatBackend", "LLMProposer", "ProposalLog"]
 
 log = logging.getLogger("autodp.agent")
+_FILL_SEED_SALT = 0x5EED_F111  # the random fill's seed is the search's XOR this
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,9 @@ class LLMProposer:
             log.info("round %d: meta-agent answer %d: %s", round_no, attempt + 1, problems[-1])
         from_llm = len(chosen)
         if len(chosen) < k:
-            filler = RandomProposer(seed=self.seed, max_length=self.max_length)
+            # Its own stream: with the search's seed the fill would draw what the random baseline of that
+            # seed draws, and the two proposers' picks could coincide by construction.
+            filler = RandomProposer(seed=self.seed ^ _FILL_SEED_SALT, max_length=self.max_length)
             known = [*history, *(ScoredStrategy(round_no, s, None) for s in chosen)]
             chosen += filler.propose(round_no, k - len(chosen), catalog, known)
             log.warning("round %d: meta-agent gave %d of %d valid new strategies; filled %d with seeded random "

@@ -1,4 +1,6 @@
-"""bench/bench_quality.py's core on toy data: curves, regret, pooled win rates, a tiny two-site search."""
+"""bench/bench_quality.py's core on toy data: curves, regret, pooled win rates, a tiny two-site search with a
+baseline and with the LLM meta-agent (a 2-layer random-weight Llama with the real SmolLM2 tokenizer behind the
+local backend, as tests/unit/coordinator/test_local_agent.py builds it)."""
 
 from __future__ import annotations
 
@@ -8,14 +10,18 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from pydantic import ValidationError
 
+from coordinator.agent import LLMProposer
 from coordinator.proposers import RandomProposer
-from protos.views import EvalSettings, EvaluatorKind, OperatorCall, Strategy
+from protos.catalog import check_strategy, index_catalog
+from protos.views import EvalSettings, EvaluatorKind, OperatorCall, OperatorSpec, Strategy
 from site_agent.cache.store import PrefixCache
 from site_agent.data import make_toy_dataset
 from site_agent.evaluation.base import create_evaluator
 from site_agent.operators.registry import operator_spec, registered_operators
 from site_agent.resources import SiteResources
+from tests.unit.coordinator.tiny_chat import build_tiny_chat_model, one_torch_thread  # noqa: F401 (autouse)
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_quality.py"
 
@@ -28,6 +34,21 @@ def bench() -> ModuleType:
     sys.modules["bench_quality"] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+
+
+@pytest.fixture(scope="module")
+def tiny_chat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 64-wide Llama with random weights and the real SmolLM2 tokenizer and chat template."""
+    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"))
+
+
+PLAIN = {"normalize_text", "exact_dedup", "remove_markup", "length_filter"}
+
+
+def _catalog() -> list[OperatorSpec]:
+    return [operator_spec(c) for n, c in sorted(registered_operators().items()) if n in PLAIN]
 
 
 def _site(tmp: Path, seed: int, rows: int = 80) -> SiteResources:
@@ -52,15 +73,17 @@ def test_pooled_win_rate_pools_the_sites_both_sides_have(bench: ModuleType) -> N
 
 def test_search_scores_every_strategy_on_every_site_at_the_budget(bench: ModuleType, tmp_path: Path) -> None:
     sites = {"a": _site(tmp_path / "a", 0), "b": _site(tmp_path / "b", 1)}
-    plain = {"normalize_text", "exact_dedup", "remove_markup", "length_filter"}
-    catalog = [operator_spec(c) for n, c in sorted(registered_operators().items()) if n in plain]
     settings = EvalSettings(evaluator=EvaluatorKind.QUALITY_PROXY, sample_rate_permille=1000, use_screening=False)
-    run = bench.search(sites, RandomProposer(seed=3), "random", 3, catalog, rounds=2, k=3, settings=settings,
+    run = bench.search(sites, RandomProposer(seed=3), "random", 3, _catalog(), rounds=2, k=3, settings=settings,
                        evaluator=create_evaluator(EvaluatorKind.QUALITY_PROXY))
     assert len(run.strategies) == len(run.scores) == 6
     assert all(s is not None for s in run.scores)
     i = run.best_index()
     assert i is not None and run.scores[i] == max(s for s in run.scores if s is not None)
+    # rounds numbered from 1 as in the search; a baseline has no meta-agent log
+    assert [(e.round_no, e.proposed, e.propose_calls, e.llm_calls) for e in run.rounds] == [(1, 3, 1, None),
+                                                                                            (2, 3, 1, None)]
+    assert bench.llm_summary([run], 2)["searches"] == 0 and run.origins == [""] * 6
     for r in sites.values():
         r.close()
 
@@ -72,3 +95,51 @@ def test_processed_rows_applies_the_strategy_to_every_row(bench: ModuleType, tmp
     assert len(out["instruction"]) == n_unique < 120
     assert bench.processed_rows(site, Strategy())["answer"] == site.data["answer"]
     site.close()
+
+
+def test_the_meta_agent_searches_at_the_same_budget_and_its_log_is_kept(bench: ModuleType, tiny_chat: Path,
+                                                                        tmp_path: Path) -> None:
+    sites = {"a": _site(tmp_path / "a", 0), "b": _site(tmp_path / "b", 1)}
+    catalog = _catalog()
+    agent = {**bench.AGENT, "model_dir": str(tiny_chat)}
+    proposer = bench.make_proposer("llm", 2, agent)
+    assert isinstance(proposer, LLMProposer) and proposer.backend == "local" and proposer.seed == 2
+    assert proposer.max_reasks == bench.AGENT["max_reasks"] and proposer.client.threads == bench.AGENT["threads"]
+    settings = EvalSettings(evaluator=EvaluatorKind.QUALITY_PROXY, sample_rate_permille=1000, use_screening=False)
+    run = bench.search(sites, proposer, "llm", 2, catalog, rounds=2, k=3, settings=settings,
+                       evaluator=create_evaluator(EvaluatorKind.QUALITY_PROXY))
+    proposer.close()
+    assert len(run.strategies) == len(run.scores) == 6  # the baselines' budget
+    assert len({s.key for s in run.strategies}) == 6
+    assert all(check_strategy(s, index_catalog(catalog), bench.MAX_LENGTH) == [] for s in run.strategies)
+    for j, e in enumerate(run.rounds):
+        assert e.round_no == j + 1 and e.proposed == 3 and e.propose_s > 0
+        assert e.llm_calls is not None and 1 <= e.llm_calls <= 1 + bench.AGENT["max_reasks"]
+        assert e.from_llm is not None and e.random_filled is not None and e.from_llm + e.random_filled == 3
+        assert len(e.problems) == e.llm_calls  # one repair summary per answer, counts and names only
+    assert run.origins.count("model") == sum(e.from_llm or 0 for e in run.rounds)
+    assert set(run.origins) <= {"model", "random fill"} and len(run.origins) == 6
+    summary = bench.llm_summary([run], 2)
+    assert summary["searches"] == 1 and summary["from_llm"] + summary["random_filled"] == 6
+    assert [p["proposed"] for p in summary["per_round"]] == [3, 3]
+    assert dict(summary["problems"]).get("strategies offered", 0) >= summary["from_llm"]
+    assert summary["pick_origins"] == [run.origins[run.best_index()]]
+    for r in sites.values():
+        r.close()
+
+
+def test_agent_settings_are_validated_as_the_search_config_is(bench: ModuleType) -> None:
+    with pytest.raises(ValidationError):
+        bench.make_proposer("llm", 0, {**bench.AGENT, "threads": 0})
+    with pytest.raises(ValidationError):
+        bench.make_proposer("llm", 0, {**bench.AGENT, "base_url": "http://127.0.0.1:9"})  # local takes no URL
+    assert isinstance(bench.make_proposer("tpe", 0), object) and bench.make_proposer("random", 4).seed == 4
+
+
+def test_repair_summaries_fold_into_counts(bench: ModuleType) -> None:
+    counts = dict(bench._problem_counts([
+        "6 strategies offered, 1 kept; strategy already evaluated or repeated x5",
+        "5 strategies offered, 2 kept; strategy already evaluated or repeated x2; unknown operator x1",
+        "the answer was not JSON", "no answer"]))
+    assert counts == {"strategies offered": 11, "strategies kept": 3, "strategy already evaluated or repeated": 7,
+                      "unknown operator": 1, "the answer was not JSON": 1, "no answer": 1}

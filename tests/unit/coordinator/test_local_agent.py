@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from coordinator.proposers import ScoredStrategy
 from protos.catalog import check_strategy, index_catalog
 from protos.views import OperatorCall, OperatorSpec, ParamSpec, ParamType, Strategy, Team
 from tests.unit.coordinator.test_meta_agent import CATALOG as META_CATALOG
+from tests.unit.coordinator.tiny_chat import build_tiny_chat_model, one_torch_thread  # noqa: F401 (autouse)
 
 SMALL = META_CATALOG  # the meta-agent tests' catalog: every parameter type, one operator per team
 ODD = (  # bounds that are easy to get wrong: negative, wide, narrow, one-value, many enum choices
@@ -99,34 +99,12 @@ def test_the_checker_catches_what_it_must() -> None:
 
 # ---- the tiny model ----
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny matrices: one thread is as fast, and far faster than two fighting over a busy 2-core box."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 64-wide Llama with random weights and the real SmolLM2 tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from protos.bundled_models import smollm2_folder
-
-    folder = tmp_path_factory.mktemp("tiny-chat")
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder(), local_files_only=True)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"))
 
 
 def _messages(catalog: tuple[OperatorSpec, ...], k: int, max_length: int) -> list[dict[str, str]]:

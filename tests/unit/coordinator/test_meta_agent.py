@@ -304,3 +304,18 @@ def test_a_full_search_with_the_llm_proposer(tmp_path: Path, server: FakeOpenAIS
     bodies = server.posted()
     assert len(bodies) == 3  # one call a round, no re-ask, no random fill
     assert "rank 1 | id r1." in last_user_message(bodies[1]) and "Round 2:" in last_user_message(bodies[2])
+
+
+def test_the_random_fill_does_not_draw_what_the_random_baseline_of_the_same_seed_draws(
+        server: FakeOpenAIServer) -> None:
+    from coordinator.proposers import RandomProposer
+
+    server.handler = scripted("not json")
+    history = [ScoredStrategy(1, Strategy(calls=(OperatorCall.of("exact_dedup"),)), 0.1)]
+    p = proposer(server, max_reasks=0, seed=3)
+    filled = p.propose(2, 4, CATALOG, history)
+    assert p.last is not None and p.last.random_filled == 4
+    baseline = RandomProposer(seed=3, max_length=3).propose(2, 4, CATALOG, history)
+    assert {s.key for s in filled} != {s.key for s in baseline}
+    assert [s.key for s in proposer(server, max_reasks=0, seed=3).propose(2, 4, CATALOG, history)] == \
+        [s.key for s in filled]  # still seeded: the same search draws the same fill

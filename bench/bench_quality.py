@@ -52,7 +52,6 @@ curves) under ``--out``. Prints counts, scores, win rates and times only.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import math
@@ -71,7 +70,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the meta-agent and the LoRA base
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_search beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests' tiny model
 
-from bench_search import _command, _machine, ablation_settings, isolated, local_catalog, run_task  # noqa: E402
+from bench_common import RunInfo  # noqa: E402
+from bench_search import ablation_settings, isolated, local_catalog, run_task  # noqa: E402
 
 from coordinator.agent import ProposalLog  # noqa: E402
 from coordinator.config import AgentConfig  # noqa: E402
@@ -628,17 +628,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not proposers or any(p not in PROPOSERS for p in proposers) or seeds < 1 or llm_seeds < 1:
         print(f"error: --proposers takes names from {', '.join(PROPOSERS)}; seeds must be >= 1", file=sys.stderr)
         return 2
-    machine, started = _machine(), time.perf_counter()
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-    def say(msg: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f} s] {msg}", flush=True)
+    run = RunInfo()
+    machine, date, say = run.machine, run.date, run.say
 
     with tempfile.TemporaryDirectory(prefix="autodp-bench-quality-") as tmp:
         workdir = Path(tmp)
         say(f"building the benchmark ({mode.pairs} pairs, {mode.sites} sites) and preparing every site")
         sites = _prepare_sites(workdir, mode, 0)
-        setup_s = time.perf_counter() - started
+        setup_s = run.elapsed()
         settings = ablation_settings()["dps+pts+crm"]
         evaluator = create_evaluator(settings.evaluator)
         catalog = local_catalog(next(iter(sites.values())))
@@ -779,9 +776,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot = args.out / f"quality_{label}.png"
     _plot(plot, {n: p["curves"] for n, p in per_proposer.items()}, pooled, mode.k)
     report: dict[str, Any] = {
-        "mode": args.mode, "command": _command(), "date": date, "machine": machine,
+        "mode": args.mode, "command": run.command, "date": date, "machine": machine,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "run_s": time.perf_counter() - started, "setup_s": setup_s, "search_s": search_s,
+        "run_s": run.elapsed(), "setup_s": setup_s, "search_s": search_s,
         "llm_search_s": sum(r.seconds for r in runs if r.proposer == "llm"), "truth_s": truth_s,
         "lora_s": lora_s, "mode_config": asdict(mode), "rounds": mode.rounds, "k": mode.k, "seeds": seeds,
         "llm_seeds": llm_seeds if "llm" in proposers else 0, "proposers": proposers, "agent": AGENT,

@@ -36,7 +36,6 @@ Writes ``scaling_<mode>.json``, ``scaling_<mode>.md`` and ``scaling_<mode>.png``
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import statistics
@@ -53,7 +52,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_search beside this file
 
-from bench_search import _command, _machine  # noqa: E402
+from bench_common import RunInfo  # noqa: E402
 
 from protos.views import EvalSettings, OperatorCall, Strategy  # noqa: E402
 from site_agent.operators.base import Batch  # noqa: E402
@@ -402,16 +401,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.site_rows < 50:
             ap.error("--site-rows must be at least 50")
         mode = replace(mode, site_rows=args.site_rows)
-    machine, started = _machine(), time.perf_counter()
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-    def say(msg: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f} s] {msg}", flush=True)
+    run = RunInfo()
+    machine, date, say = run.machine, run.date, run.say
 
     with tempfile.TemporaryDirectory(prefix="autodp-bench-scaling-") as tmp:
         workdir = Path(tmp)
         sizes = time_sizes(mode.sizes, mode.repeats, workdir / "sizes", say)
-        sizes_s = time.perf_counter() - started
+        sizes_s = run.elapsed()
         m3 = use_m3_seconds_per_row(args.m3_rows) if args.m3_rows else None
         t0 = time.perf_counter()
         sites = []
@@ -424,8 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     plot = args.out / f"scaling_{args.mode}.png"
     _plot(plot, sizes, sites, m3)
-    report = {"mode": args.mode, "command": _command(), "date": date, "machine": machine,
-              "run_s": time.perf_counter() - started, "sizes_s": sizes_s, "sites_s": sites_s,
+    report = {"mode": args.mode, "command": run.command, "date": date, "machine": machine,
+              "run_s": run.elapsed(), "sizes_s": sizes_s, "sites_s": sites_s,
               "mode_config": asdict(mode), "repeats": mode.repeats, "use_m3_s_per_row": m3, "sizes": sizes,
               "sites": sites, "plot": str(plot)}
     (args.out / f"scaling_{args.mode}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

@@ -53,14 +53,11 @@ the embeddings set-up computed), so none finds work another one did.
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import logging
 import math
 import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -68,6 +65,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common beside this file
+
+from bench_common import RunInfo  # noqa: E402
 
 from coordinator.proposers import Proposer, ScoredStrategy, create_proposer
 from protos.errors import AutodpError
@@ -557,22 +558,6 @@ def _limits(summary: Mapping[str, Mapping[str, float]]) -> tuple[list[str], floa
     return lines, _ratio(none["wall_s"], rest)
 
 
-def _machine() -> dict[str, Any]:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "load_average_at_start": [round(x, 2) for x in load]}
-
-
-def _command() -> str:
-    exe = Path(sys.executable)
-    try:
-        exe = exe.relative_to(Path.cwd())
-    except ValueError:
-        pass
-    return shlex.join([str(exe), *sys.argv])
-
-
 def _llm_lines(llm: Mapping[str, Any] | None) -> list[str]:
     if not llm:
         return []
@@ -737,11 +722,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = MODES[args.mode]
     rounds, k = args.rounds or mode.rounds, args.k or mode.k
     kind = EvaluatorKind(args.evaluator)
-    machine, started = _machine(), time.perf_counter()
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-    def say(msg: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f} s] {msg}", flush=True)
+    run = RunInfo()
+    machine, date, say = run.machine, run.date, run.say
 
     with tempfile.TemporaryDirectory(prefix="autodp-bench-search-") as tmp:
         workdir = Path(tmp)
@@ -818,8 +800,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     truth_path = args.out / f"ground_truth_{args.mode}.json"
     report: dict[str, Any] = {
-        "mode": args.mode, "command": _command(), "date": date, "machine": machine,
-        "run_s": time.perf_counter() - started, "seed": args.seed, "evaluator": kind.value,
+        "mode": args.mode, "command": run.command, "date": date, "machine": machine,
+        "run_s": run.elapsed(), "seed": args.seed, "evaluator": kind.value,
         "proposer": args.proposer, "rounds": rounds, "k": k, "mode_config": asdict(mode), "site": site,
         "catalog": [c.name for c in catalog], "settings": {n: s.model_dump(mode="json") for n, s in settings.items()},
         "goals": goals,

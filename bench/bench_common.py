@@ -1,0 +1,48 @@
+"""What every benchmark script records about its run: the machine, the command, the date, a progress line."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunInfo", "command", "machine"]
+
+
+def machine() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "load_average_at_start": [round(x, 2) for x in load]}
+
+
+def command() -> str:
+    """The command line as typed from the repository root (the interpreter path made relative)."""
+    exe = Path(sys.executable)
+    try:
+        exe = exe.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return shlex.join([str(exe), *sys.argv])
+
+
+class RunInfo:
+    """Started when built: ``machine`` and ``date`` at the start, ``elapsed()``, and ``say`` for progress."""
+
+    def __init__(self) -> None:
+        self.machine = machine()
+        self.command = command()
+        self.started = time.perf_counter()
+        self.date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def say(self, msg: str) -> None:
+        print(f"[{self.elapsed():6.0f} s] {msg}", flush=True)

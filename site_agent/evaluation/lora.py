@@ -36,14 +36,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
+from protos.files import write_text_atomic
 from protos.views import EvalSettings, EvaluatorKind, Metric
 from site_agent.cache.keys import dataset_fingerprint
 from site_agent.errors import EvaluationError
@@ -103,17 +102,7 @@ def _load_baseline(path: Path, key_doc: Mapping[str, Any]) -> dict[str, Any] | N
 
 
 def _store_baseline(path: Path, doc: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".baseline-")  # 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, ensure_ascii=True, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(doc, ensure_ascii=True, allow_nan=False))  # 0600, fsynced
 
 
 class LoraEvaluator:

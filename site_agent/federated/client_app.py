@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +53,7 @@ from protos.federated import (
     parse_round_config,
     run_label,
 )
+from protos.files import write_text_atomic
 from protos.views import IDENT_PATTERN
 from site_agent.federated.errors import RoundRefused
 from site_agent.federated.settings import FederatedTrainingSettings
@@ -282,16 +281,7 @@ class SiteSession:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(doc, indent=2, allow_nan=False))
 
 
 def make_client_app(session: SiteSession) -> ClientApp:

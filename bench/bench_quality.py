@@ -14,7 +14,7 @@ One run, in process (no gRPC), on every site of the PyCMeKG benchmark built into
    site agent runs it (``bench_search.run_task``). Recorded per search: the best-so-far curve, its regret
    against the best score any search found (the pooled best), seconds spent proposing and evaluating per
    round, and for ``llm`` the proposer's own log of every round (``LLMProposer.last``, a ``ProposalLog``):
-   how many strategies came from the model and how many were the seeded random fill it adds when the model
+   how many strategies came from the model and how many were the seeded fill it adds when the model
    gives fewer than K valid new ones. The final pick of every search is also scored without acceleration
    on the first rows of the site ``bench_search`` computed the exhaustive team-level ground truth on (when
    ``ground_truth_<build>.json`` exists for the same build): regret against that truth (negative: the pick
@@ -163,13 +163,13 @@ class RoundLog:
     propose_calls: int = 0
     llm_calls: int | None = None  # None: not the meta-agent
     from_llm: int | None = None
-    random_filled: int | None = None
+    filled: int | None = None
     problems: list[str] = field(default_factory=list)
 
     def add(self, entry: ProposalLog) -> None:
         self.llm_calls = (self.llm_calls or 0) + entry.llm_calls
         self.from_llm = (self.from_llm or 0) + entry.from_llm
-        self.random_filled = (self.random_filled or 0) + entry.random_filled
+        self.filled = (self.filled or 0) + entry.filled
         self.problems += entry.problems
 
 
@@ -179,7 +179,7 @@ class SearchRun:
     seed: int
     strategies: list[Strategy] = field(default_factory=list)
     scores: list[float | None] = field(default_factory=list)  # mean over the sites that answered
-    origins: list[str] = field(default_factory=list)  # per strategy: "model", "random fill" or "" (a baseline)
+    origins: list[str] = field(default_factory=list)  # per strategy: "model", "fill" or "" (a baseline)
     rounds: list[RoundLog] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -207,7 +207,7 @@ def _propose_round(proposer: Proposer, round_no: int, k: int, catalog: Sequence[
                    history: Sequence[ScoredStrategy], entry: RoundLog, origins: list[str]) -> list[Strategy]:
     """Up to ``k`` new valid strategies: ask, drop what is invalid or already evaluated, ask again (bounded),
     as the search does. The meta-agent's log of each call is added to ``entry``, and where each kept strategy
-    came from ("model", "random fill"; "" for a baseline) to ``origins``."""
+    came from ("model", "fill"; "" for a baseline) to ``origins``."""
     index = index_catalog(catalog)
     seen = {h.strategy.key for h in history}
     chosen: list[Strategy] = []
@@ -223,13 +223,13 @@ def _propose_round(proposer: Proposer, round_no: int, k: int, catalog: Sequence[
         from_model = -1  # a baseline: no origin to tell
         if isinstance(after, ProposalLog) and after is not before:
             entry.add(after)
-            from_model = after.from_llm  # the proposer puts the model's strategies first, its random fill after
+            from_model = after.from_llm  # the proposer puts the model's strategies first, its fill after
         for i, s in enumerate(got):
             if s.key in seen or check_strategy(s, index, MAX_LENGTH):
                 continue
             seen.add(s.key)
             chosen.append(s)
-            origins.append("" if from_model < 0 else "model" if i < from_model else "random fill")
+            origins.append("" if from_model < 0 else "model" if i < from_model else "fill")
     del origins[k:]
     return chosen[:k]
 
@@ -263,7 +263,7 @@ def search(sites: Mapping[str, SiteResources], proposer: Proposer, name: str, se
 
 
 def llm_summary(runs: Sequence[SearchRun], rounds: int) -> dict[str, Any]:
-    """Per round, summed over the meta-agent's searches: strategies from the model, seeded random fill, model
+    """Per round, summed over the meta-agent's searches: strategies from the model, seeded fill, model
     calls and seconds proposing; and the totals."""
     mine = [r for r in runs if any(e.llm_calls is not None for e in r.rounds)]
     per_round: list[dict[str, Any]] = []
@@ -272,13 +272,13 @@ def llm_summary(runs: Sequence[SearchRun], rounds: int) -> dict[str, Any]:
         per_round.append({"round": j + 1, "searches": len(entries),
                           "proposed": sum(e.proposed for e in entries),
                           "from_llm": sum(e.from_llm or 0 for e in entries),
-                          "random_filled": sum(e.random_filled or 0 for e in entries),
+                          "filled": sum(e.filled or 0 for e in entries),
                           "llm_calls": sum(e.llm_calls or 0 for e in entries),
                           "propose_s_mean": _mean([e.propose_s for e in entries])})
     from_llm = sum(p["from_llm"] for p in per_round)
-    filled = sum(p["random_filled"] for p in per_round)
+    filled = sum(p["filled"] for p in per_round)
     answers = [text for r in mine for e in r.rounds for text in e.problems]
-    return {"searches": len(mine), "per_round": per_round, "from_llm": from_llm, "random_filled": filled,
+    return {"searches": len(mine), "per_round": per_round, "from_llm": from_llm, "filled": filled,
             "llm_share": from_llm / (from_llm + filled) if from_llm + filled else None,
             "propose_s_per_round": _mean([e.propose_s for r in mine for e in r.rounds]),
             "answers": len(answers), "problems": _problem_counts(answers),
@@ -439,13 +439,11 @@ def _limits(report: Mapping[str, Any]) -> list[str]:
             issues = [(what, n) for what, n in llm["problems"] if not what.startswith("strategies ")]
             top = f" (the repair step's most common finding: '{issues[0][0]}', {issues[0][1]} times)" if issues else ""
             picks = llm["pick_origins"]
-            out.append(f"- Of the {llm['from_llm'] + llm['random_filled']} strategies the meta-agent's searches "
+            out.append(f"- Of the {llm['from_llm'] + llm['filled']} strategies the meta-agent's searches "
                        f"evaluated, {llm['from_llm']} ({llm['llm_share']:.0%}) came from the model and "
-                       f"{llm['random_filled']} were the seeded random fill it adds when the model gives fewer than "
-                       f"K valid new strategies{top}; {picks.count('model')} of its {len(picks)} final pick(s) came "
-                       "from the model. The fill is `RandomProposer` with the search's seed, so in a round it draws "
-                       "what random search with the same seed draws first (minus what was already seen): the "
-                       "meta-agent's curve is partly random search's, and its picks can coincide with random's.")
+                       f"{llm['filled']} were the seeded fill it adds when the model gives fewer than K valid new "
+                       f"strategies (the `{report.get('agent_fill', 'random')}` proposer, on its own seed stream)"
+                       f"{top}; {picks.count('model')} of its {len(picks)} final pick(s) came from the model.")
     if report["lora"]["model"] == "tiny":
         out.append("- The win rates come from a tiny random-init model trained for a few steps: whether they reach "
                    "a goal says nothing about quality. Medium and full mode (SmolLM2-135M) give numbers that count.")
@@ -473,12 +471,12 @@ def _llm_lines(llm: Mapping[str, Any] | None, k: int, agent: Mapping[str, Any]) 
              f"Its own log (`LLMProposer.last`) of every round, summed over its {llm['searches']} search(es); K = "
              f"{k}. Settings: `{json.dumps(agent)}` (the demo's), the search's seed, max strategy length "
              f"{MAX_LENGTH}.", "",
-             "| round | strategies evaluated | from the model | seeded random fill | model calls | s proposing "
+             "| round | strategies evaluated | from the model | seeded fill | model calls | s proposing "
              "(mean per search) |", "|---|---|---|---|---|---|"]
     for p in llm["per_round"]:
-        lines.append(f"| {p['round']} | {p['proposed']} | {p['from_llm']} | {p['random_filled']} | {p['llm_calls']} | "
+        lines.append(f"| {p['round']} | {p['proposed']} | {p['from_llm']} | {p['filled']} | {p['llm_calls']} | "
                      f"{_fmt(p['propose_s_mean'], 0)} |")
-    lines.append(f"| all | {llm['from_llm'] + llm['random_filled']} | {llm['from_llm']} | {llm['random_filled']} | "
+    lines.append(f"| all | {llm['from_llm'] + llm['filled']} | {llm['from_llm']} | {llm['filled']} | "
                  f"{sum(p['llm_calls'] for p in llm['per_round'])} | {_fmt(llm['propose_s_per_round'], 0)} a round |")
     picks = llm["pick_origins"]
     lines += ["", f"Final picks (best of each search) that came from the model: {picks.count('model')} of "
@@ -653,8 +651,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         close()
                 last = best_so_far(runs[-1].scores)
                 took = " / ".join(f"{e.propose_s:.0f}" for e in runs[-1].rounds)
-                fill = ("; from the model / random fill per round: " + ", ".join(
-                    f"{e.from_llm}/{e.random_filled}" for e in runs[-1].rounds)) if name == "llm" else ""
+                fill = ("; from the model / fill per round: " + ", ".join(
+                    f"{e.from_llm}/{e.filled}" for e in runs[-1].rounds)) if name == "llm" else ""
                 say(f"search {name} seed {seed}: best {_fmt(last[-1] if last else None, 4)}; s proposing per round "
                     f"{took}{fill}")
         search_s = time.perf_counter() - t0
@@ -782,6 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "llm_search_s": sum(r.seconds for r in runs if r.proposer == "llm"), "truth_s": truth_s,
         "lora_s": lora_s, "mode_config": asdict(mode), "rounds": mode.rounds, "k": mode.k, "seeds": seeds,
         "llm_seeds": llm_seeds if "llm" in proposers else 0, "proposers": proposers, "agent": AGENT,
+        "agent_fill": AgentConfig.model_validate(AGENT).fill,
         "sites": list(sites), "settings": settings.model_dump(mode="json"), "catalog": [c.name for c in catalog],
         "best_proposer": best, "goals": goals, "plot": str(plot), "llm": llm,
         "search": {"pooled_best": pooled, "per_proposer": per_proposer,
@@ -805,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name:13} final best {_fmt(p['final_mean'], 4)} ± {_fmt(p['final_sd'], 4)}, regret "
               f"{_fmt(p['regret_mean'], 4)}, truth regret {_fmt(p['truth_regret_mean'], 4)}; {wins}")
     if llm is not None:
-        print(f"llm: {llm['from_llm']} strategies from the model, {llm['random_filled']} seeded random fill; "
+        print(f"llm: {llm['from_llm']} strategies from the model, {llm['filled']} seeded fill; "
               f"{_fmt(llm['propose_s_per_round'], 1)} s proposing a round")
     say(f"wrote {args.out}/quality_{label}.json, .md and .png")
     return 0

@@ -37,6 +37,9 @@ class AgentConfig(StrictModel):
     max_reasks: int = Field(default=2, ge=0, le=10)
     backoff_s: float = Field(default=0.5, gt=0, le=60)
     max_tokens: int | None = Field(default=None, ge=64, le=32_768)
+    fill: Literal["evolutionary", "random"] = Field(
+        default="evolutionary", description="what fills a round when the model gives too few valid new strategies: "
+        "evolutionary (builds on the best so far) | random")
 
     @model_validator(mode="before")
     @classmethod

@@ -9,9 +9,11 @@ the best did differently from the worst) and ask for K new strategies that keep 
 
 Every answer is untrusted: parsed, repaired and checked against the catalog and the history
 (:mod:`coordinator.agent.repair`). When fewer than K valid new strategies remain the model is asked again
-(bounded), told only counts and catalog names of what was wrong; what is still missing is filled with
-seeded random strategies and logged. A failing endpoint degrades the round to random search, never stops
-it; only a bad setting (URL, model, key variable) raises, at construction.
+(bounded), told only counts and catalog names of what was wrong; what is still missing is filled by a
+seeded fallback proposer and logged: ``fill="evolutionary"`` (default: mutations and crossovers of the best
+strategies so far, so a weak model's gaps still build on what worked) or ``"random"``. A failing endpoint
+degrades the round to that fallback, never stops it; only a bad setting (URL, model, key variable) raises,
+at construction.
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ from coordinator.agent.local import LocalChat  # light: torch and xgrammar load 
 from coordinator.agent.prompting import PROMPT_VERSION, build_messages, render_reask
 from coordinator.agent.repair import repair_answer
 from coordinator.agent.schema import answer_schema
-from coordinator.proposers import RandomProposer, ScoredStrategy
+from coordinator.proposers import ScoredStrategy, create_proposer
 from protos.catalog import check_strategy, index_catalog
 from protos.views import OperatorSpec, Strategy
 
 __all__ = ["ChatBackend", "LLMProposer", "ProposalLog"]
 
 log = logging.getLogger("autodp.agent")
-_FILL_SEED_SALT = 0x5EED_F111  # the random fill's seed is the search's XOR this
+_FILL_SEED_SALT = 0x5EED_F111  # the fill's seed is the search's XOR this
+FILLS = ("evolutionary", "random")
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class ProposalLog:
     asked: int
     llm_calls: int
     from_llm: int
-    random_filled: int
+    filled: int  # strategies the fallback proposer added (``LLMProposer.fill``)
     problems: tuple[str, ...]  # one RepairReport summary per answer
     prompt_version: str = PROMPT_VERSION
 
@@ -69,9 +72,12 @@ class LLMProposer:
                  timeout_s: float = 60.0, max_retries: int = 2, api_key_env: str | None = None,
                  allow_non_local: bool = False, temperature: float = 0.7, *, max_reasks: int = 2,
                  backoff_s: float = 0.5, max_tokens: int | None = None, backend: str | None = None,
-                 model_dir: Path | str | None = None, threads: int | None = None) -> None:
+                 model_dir: Path | str | None = None, threads: int | None = None, fill: str = "evolutionary") -> None:
         if max_length < 1 or max_reasks < 0 or not 0.0 <= temperature <= 2.0:
             raise AgentConfigError("agent: max_length must be >= 1, max_reasks >= 0, temperature in [0, 2]")
+        if fill not in FILLS:
+            raise AgentConfigError(f"agent.fill: one of {', '.join(FILLS)}")
+        self.fill = fill
         backend = backend or ("openai" if base_url else "local")
         self.client: ChatBackend
         if backend == "openai":
@@ -140,13 +146,13 @@ class LLMProposer:
             log.info("round %d: meta-agent answer %d: %s", round_no, attempt + 1, problems[-1])
         from_llm = len(chosen)
         if len(chosen) < k:
-            # Its own stream: with the search's seed the fill would draw what the random baseline of that
-            # seed draws, and the two proposers' picks could coincide by construction.
-            filler = RandomProposer(seed=self.seed ^ _FILL_SEED_SALT, max_length=self.max_length)
+            # Its own stream: with the search's seed the fill would draw what the baseline of that seed
+            # draws, and the two proposers' picks could coincide by construction.
+            filler = create_proposer(self.fill, seed=self.seed ^ _FILL_SEED_SALT, max_length=self.max_length)
             known = [*history, *(ScoredStrategy(round_no, s, None) for s in chosen)]
             chosen += filler.propose(round_no, k - len(chosen), catalog, known)
-            log.warning("round %d: meta-agent gave %d of %d valid new strategies; filled %d with seeded random "
-                        "ones", round_no, from_llm, k, len(chosen) - from_llm)
+            log.warning("round %d: meta-agent gave %d of %d valid new strategies; the %s proposer filled %d",
+                        round_no, from_llm, k, self.fill, len(chosen) - from_llm)
         # the last gate: nothing invalid or already seen leaves here, whatever happened above
         history_keys = {h.strategy.key for h in history}
         out: list[Strategy] = []
@@ -156,5 +162,5 @@ class LLMProposer:
             history_keys.add(s.key)
             out.append(s)
         self.last = ProposalLog(round_no=round_no, asked=k, llm_calls=calls, from_llm=from_llm,
-                                random_filled=len(chosen) - from_llm, problems=tuple(problems))
+                                filled=len(chosen) - from_llm, problems=tuple(problems))
         return out[:k]

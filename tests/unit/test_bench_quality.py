@@ -115,12 +115,12 @@ def test_the_meta_agent_searches_at_the_same_budget_and_its_log_is_kept(bench: M
     for j, e in enumerate(run.rounds):
         assert e.round_no == j + 1 and e.proposed == 3 and e.propose_s > 0
         assert e.llm_calls is not None and 1 <= e.llm_calls <= 1 + bench.AGENT["max_reasks"]
-        assert e.from_llm is not None and e.random_filled is not None and e.from_llm + e.random_filled == 3
+        assert e.from_llm is not None and e.filled is not None and e.from_llm + e.filled == 3
         assert len(e.problems) == e.llm_calls  # one repair summary per answer, counts and names only
     assert run.origins.count("model") == sum(e.from_llm or 0 for e in run.rounds)
-    assert set(run.origins) <= {"model", "random fill"} and len(run.origins) == 6
+    assert set(run.origins) <= {"model", "fill"} and len(run.origins) == 6
     summary = bench.llm_summary([run], 2)
-    assert summary["searches"] == 1 and summary["from_llm"] + summary["random_filled"] == 6
+    assert summary["searches"] == 1 and summary["from_llm"] + summary["filled"] == 6
     assert [p["proposed"] for p in summary["per_round"]] == [3, 3]
     assert dict(summary["problems"]).get("strategies offered", 0) >= summary["from_llm"]
     assert summary["pick_origins"] == [run.origins[run.best_index()]]

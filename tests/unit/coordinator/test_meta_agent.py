@@ -85,7 +85,7 @@ def test_valid_answer_gives_k_strategies_and_the_request_carries_the_schema(serv
     assert [s.canonical() for s in out][1] == [{"op": "synthesize_pairs",
                                                 "params": {"n_per_record": 2, "style": "detailed"}}]
     assert out[2].calls[1] == OperatorCall.of("diversity_select", keep_ratio=0.3)
-    assert p.last is not None and (p.last.llm_calls, p.last.from_llm, p.last.random_filled) == (1, 3, 0)
+    assert p.last is not None and (p.last.llm_calls, p.last.from_llm, p.last.filled) == (1, 3, 0)
     [body] = server.posted()
     assert body["model"] == "meta-model"
     schema = body["response_format"]["json_schema"]["schema"]
@@ -148,7 +148,7 @@ def test_unusable_answers_are_re_asked_then_filled_at_random(server: FakeOpenAIS
     out = p.propose(2, 4, CATALOG, history)
     assert len(out) == 4
     assert_valid(out, history)
-    assert p.last is not None and p.last.from_llm == 0 and p.last.random_filled == 4
+    assert p.last is not None and p.last.from_llm == 0 and p.last.filled == 4
     bodies = server.posted()
     if isinstance(reply, dict) and "unexpected" in reply or reply == {"choices": "nope"}:
         assert len(bodies) == 1  # a malformed endpoint reply is an endpoint failure: straight to random
@@ -203,7 +203,7 @@ def test_an_unreachable_endpoint_degrades_to_random(server: FakeOpenAIServer) ->
     p = proposer(server, max_retries=1)
     server.stop()  # nothing listens on that port any more
     out = p.propose(1, 3, CATALOG, [])
-    assert len(out) == 3 and p.last is not None and p.last.random_filled == 3
+    assert len(out) == 3 and p.last is not None and p.last.filled == 3
     assert_valid(out)
 
 
@@ -302,20 +302,26 @@ def test_a_full_search_with_the_llm_proposer(tmp_path: Path, server: FakeOpenAIS
         assert check_strategy(o.strategy, index, 3) == [] and o.strategy.calls[0].op == "beta"
         assert o.aggregate is not None and abs(o.aggregate - score_of(o.strategy)) < 1e-9
     bodies = server.posted()
-    assert len(bodies) == 3  # one call a round, no re-ask, no random fill
+    assert len(bodies) == 3  # one call a round, no re-ask, no fill
     assert "rank 1 | id r1." in last_user_message(bodies[1]) and "Round 2:" in last_user_message(bodies[2])
 
 
-def test_the_random_fill_does_not_draw_what_the_random_baseline_of_the_same_seed_draws(
-        server: FakeOpenAIServer) -> None:
-    from coordinator.proposers import RandomProposer
-
+@pytest.mark.parametrize("fill", ["evolutionary", "random"])
+def test_the_fill_does_not_draw_what_the_baseline_of_the_same_seed_draws(server: FakeOpenAIServer, fill: str) -> None:
     server.handler = scripted("not json")
-    history = [ScoredStrategy(1, Strategy(calls=(OperatorCall.of("exact_dedup"),)), 0.1)]
-    p = proposer(server, max_reasks=0, seed=3)
+    history = [ScoredStrategy(1, Strategy(calls=(OperatorCall.of("exact_dedup"),)), 0.1),
+               ScoredStrategy(1, Strategy(calls=(OperatorCall.of("normalize_text"),)), 0.3)]
+    p = proposer(server, max_reasks=0, seed=3, fill=fill)
     filled = p.propose(2, 4, CATALOG, history)
-    assert p.last is not None and p.last.random_filled == 4
-    baseline = RandomProposer(seed=3, max_length=3).propose(2, 4, CATALOG, history)
+    assert p.last is not None and p.last.filled == 4
+    assert_valid(filled, history)
+    baseline = create_proposer(fill, seed=3, max_length=3).propose(2, 4, CATALOG, history)
     assert {s.key for s in filled} != {s.key for s in baseline}
-    assert [s.key for s in proposer(server, max_reasks=0, seed=3).propose(2, 4, CATALOG, history)] == \
+    assert [s.key for s in proposer(server, max_reasks=0, seed=3, fill=fill).propose(2, 4, CATALOG, history)] == \
         [s.key for s in filled]  # still seeded: the same search draws the same fill
+
+
+def test_an_unknown_fill_is_a_setting_error(server: FakeOpenAIServer) -> None:
+    with pytest.raises(AgentConfigError, match="agent.fill"):
+        proposer(server, fill="genetic")
+    assert proposer(server).fill == "evolutionary"

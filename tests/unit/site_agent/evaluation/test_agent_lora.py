@@ -23,7 +23,9 @@ def test_lora_task_through_the_agent(tmp_path: Path, tiny_model: Path, held_out:
     data, _ = make_toy_dataset(160, seed=3, noise_rate=0.6)
     from site_agent.privacy.settings import DPSGDSettings
 
-    privacy = PrivacySettings(min_cohort=10, total_epsilon=50.0,
+    # a fine grid: 8 DP-SGD steps of a tiny model move the loss by ~1e-3, and the default 1e-3 grid then
+    # released 0.0 in about one run in three (the DP noise secret is new in every tmp_path)
+    privacy = PrivacySettings(min_cohort=10, total_epsilon=50.0, grid=1e-6,
                               dp_sgd=DPSGDSettings(target_epsilon=8.0, delta=1e-5))
     ledger = PrivacyLedger(tmp_path / "privacy.db", privacy)
     resources = SiteResources(data, held_out, None, None, None, None, None, None)
@@ -44,7 +46,8 @@ def test_lora_task_through_the_agent(tmp_path: Path, tiny_model: Path, held_out:
     assert abs(ledger.spent("s") - report.epsilon_spent) < 1e-9
     assert abs(report.epsilon_remaining - (50.0 - report.epsilon_spent)) < 1e-9
     # with 20 left, a second task needs 16 reserved (its run, and a baseline in case it must train): refused
-    small = PrivacySettings(min_cohort=10, total_epsilon=report.epsilon_spent + 15.0, dp_sgd=privacy.dp_sgd)
+    small = PrivacySettings(min_cohort=10, total_epsilon=report.epsilon_spent + 15.0, grid=1e-6,
+                            dp_sgd=privacy.dp_sgd)
     runner.privacy = small
     runner.ledger = PrivacyLedger(tmp_path / "privacy.db", small)
     again = runner.handle(to_pb(Task(task_id="t-lora-2", search_id="s", settings=settings,  # type: ignore[arg-type]

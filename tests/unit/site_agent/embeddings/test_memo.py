@@ -6,25 +6,19 @@ import pytest
 
 from site_agent.embeddings.memo import MemoEmbedder
 from site_agent.errors import SiteError
+from tests.unit.site_agent.embeddings.test_cache import CountingEmbedder
 
 
-class RecordingEmbedder:
-    """Deterministic toy vectors (character histogram); records every list of texts it was asked to encode."""
-
-    name = "recording"
-    dim = 8
+class RecordingEmbedder(CountingEmbedder):
+    """test_cache's toy vectors; also records every list of texts it was asked to encode."""
 
     def __init__(self) -> None:
+        super().__init__("recording")
         self.asked: list[list[str]] = []
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         self.asked.append(list(texts))
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, t in enumerate(texts):
-            for ch in t:
-                out[i, ord(ch) % self.dim] += 1.0
-            out[i] /= max(float(np.linalg.norm(out[i])), 1.0)
-        return out
+        return super().encode(texts, batch_size)
 
 
 def test_only_unseen_texts_reach_the_embedder_and_vectors_are_the_same() -> None:

@@ -4,8 +4,6 @@ local backend, as tests/unit/coordinator/test_local_agent.py builds it)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -21,19 +19,13 @@ from site_agent.data import make_toy_dataset
 from site_agent.evaluation.base import create_evaluator
 from site_agent.operators.registry import operator_spec, registered_operators
 from site_agent.resources import SiteResources
+from tests.unit.bench_modules import load_bench
 from tests.unit.coordinator.tiny_chat import build_tiny_chat_model, one_torch_thread  # noqa: F401 (autouse)
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_quality.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_quality"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_quality")
 
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
@@ -16,18 +14,12 @@ from site_agent.cache.store import PrefixCache
 from site_agent.data import make_toy_dataset
 from site_agent.evaluation.base import create_evaluator
 from site_agent.resources import SiteResources
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_search.py"
+from tests.unit.bench_modules import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_search", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_search"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_search")
 
 
 def _site(tmp: Path, rows: int = 120) -> SiteResources:

@@ -24,6 +24,11 @@ class DataConfig(StrictModel):
 class CacheConfig(StrictModel):
     dir: Path = Path("cache")  # embeddings and intermediate datasets (CRM); derived data, stays on site
     budget_mb: int = Field(default=2048, ge=1, le=10_000_000)
+    min_store_ms: float = Field(
+        default=50.0, ge=0, le=3_600_000, allow_inf_nan=False,
+        description="store an intermediate dataset only when the operator steps run since the last stored "
+                    "(or reused) one took at least this many milliseconds: a write costs ~10 ms, so quick "
+                    "rule-based steps are recomputed instead; 0 stores every prefix")
 
 
 class ScreeningConfig(StrictModel):

@@ -14,8 +14,12 @@ One call of :func:`execute` does, in order:
    strategy; the sampled clean rows are never touched by it. A selection operator that drops rows
    therefore drops targets only, and a rewrite never reaches a clean row: that is what PTS means.
 4. **Cache-and-Reuse** (``settings.use_cache`` and a cache given): the longest cached prefix of the
-   strategy for exactly these targets is loaded, only the remaining operators run, and every new prefix
-   result is stored. A cache that fails to write is logged and skipped; the task still runs.
+   strategy for exactly these targets is loaded, only the remaining operators run, and a new prefix result
+   is stored when it is worth its write: when the operator seconds of the steps since the longest prefix
+   already stored or reused (a hit counts as stored) reach the cache's ``min_store_seconds``. With that
+   shorter prefix in the cache, the alternative to storing this one is a hit on it plus recomputing those
+   steps, so cheap rule-based steps (a write takes ~10 ms) are not stored and model-bound ones are. A cache
+   that fails to write is logged and skipped; the task still runs.
 5. **Merge**: surviving targets and clean rows, in the original relative order of the input.
 
 Steps 1 and 2 depend only on the batch and the settings, not on the strategy; a :class:`SelectionMemo`
@@ -81,6 +85,9 @@ class ExecutionResult:
     cache_hits: int
     steps_reused: int
     seconds_saved: float  # recorded compute time of the reused steps
+    prefixes_stored: int  # new prefixes written to the cache
+    prefixes_skipped: int  # new prefixes not written: too cheap to recompute (below min_store_seconds);
+    # a failed write or an entry over the budget is neither, so the two may add up to less than operators_run
     sampling_seconds: float
     screening_seconds: float
     processing_seconds: float
@@ -247,6 +254,8 @@ def execute(batch: Batch, strategy: Strategy, settings: EvalSettings, *, context
     hit = plan[0].lookup(plan[1], plan[2]) if plan else None
     if hit is not None:
         current, steps, cached = hit.batch, list(hit.stats), [True] * hit.n_steps
+    anchor = len(steps)  # steps covered by the longest prefix stored or reused so far
+    stored = skipped = 0
     for i in range(len(steps), len(operators)):
         if target_ids.size == 0:  # nothing to process: models are not even loaded
             steps.append(StepStats(op=operators[i].name, kept=0, dropped=0, changed=0, seconds=0.0))
@@ -256,19 +265,24 @@ def execute(batch: Batch, strategy: Strategy, settings: EvalSettings, *, context
         steps.append(stat)
         cached.append(False)
         if plan:
+            if sum(s.seconds for s in steps[anchor:]) < plan[0].min_store_seconds:
+                skipped += 1
+                continue
             try:
-                plan[0].put(plan[1], plan[2][: i + 1], current, steps)
+                if plan[0].put(plan[1], plan[2][: i + 1], current, steps):
+                    anchor, stored = i + 1, stored + 1
             except CacheError as e:
                 log.warning("%s; continuing without storing this prefix", e)
     out = _merge(current, _with_rows(batch, clean_ids), cols, target_ids)
     t3 = time.perf_counter()
 
     n_output = len(out[cols[0]])
-    log.debug("executed %d steps (%d reused): %d in, %d sampled, %d targets, %d out", len(steps),
-              hit.n_steps if hit else 0, n_input, idx.size, target_ids.size, n_output)
+    log.debug("executed %d steps (%d reused, %d prefixes stored, %d skipped as cheap): %d in, %d sampled, "
+              "%d targets, %d out", len(steps), hit.n_steps if hit else 0, stored, skipped, n_input, idx.size,
+              target_ids.size, n_output)
     return ExecutionResult(
         batch=out, steps=tuple(steps), cached=tuple(cached), n_input=n_input, n_sampled=int(idx.size),
         n_targets=int(target_ids.size), n_clean=int(clean_ids.size), n_output=n_output, sampler=sampler,
         screened=screened, cache_hits=1 if hit else 0, steps_reused=hit.n_steps if hit else 0,
-        seconds_saved=hit.seconds_saved if hit else 0.0, sampling_seconds=t2 - t1, screening_seconds=t1 - t0,
-        processing_seconds=t3 - t2)
+        seconds_saved=hit.seconds_saved if hit else 0.0, prefixes_stored=stored, prefixes_skipped=skipped,
+        sampling_seconds=t2 - t1, screening_seconds=t1 - t0, processing_seconds=t3 - t2)

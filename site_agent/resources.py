@@ -102,6 +102,7 @@ def prepare(cfg: SiteConfig) -> SiteResources:
             raise ConfigError(f"site config 'embedder': {e}") from None
         embedding_cache = EmbeddingCache(cfg.cache.dir / "embeddings")
     screener, report = _screener(cfg, data, labels, embedder, embedding_cache)
-    prefix_cache = PrefixCache(cfg.cache.dir / "prefix", cfg.cache.budget_mb * 1024 * 1024)
+    prefix_cache = PrefixCache(cfg.cache.dir / "prefix", cfg.cache.budget_mb * 1024 * 1024,
+                               min_store_seconds=cfg.cache.min_store_ms / 1000.0)
     return SiteResources(data, eval_data, embedder, embedding_cache, screener, report, prefix_cache,
                          _llm_factory(cfg))

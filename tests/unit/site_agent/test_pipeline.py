@@ -1,4 +1,5 @@
 import importlib.util
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -64,12 +65,34 @@ class _LabelScreener:
         return self.mask.copy()
 
 
+class _NapParams(OperatorParams):
+    ms: int = Field(default=0, ge=0, le=1000)
+
+
+class _Nap(Operator):
+    """Test-only: sleeps ``ms`` milliseconds and changes nothing: a model-bound step, deterministically slow."""
+
+    name = "test_pipeline_nap"
+    team = Team.GENERATION
+    Params: ClassVar[type[BaseModel]] = _NapParams
+    runs: ClassVar[list[int]] = []
+
+    def apply(self, batch: Batch) -> tuple[Batch, list[bool]]:
+        p = self.params
+        assert isinstance(p, _NapParams)
+        type(self).runs.append(p.ms)
+        time.sleep(p.ms / 1000)
+        return batch, [True] * len(batch["answer"])
+
+
 @pytest.fixture(autouse=True)
 def _tag_operator(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    registered_operators()  # built-ins in before the copy: the test operator vanishes with the copy
+    registered_operators()  # built-ins in before the copy: the test operators vanish with the copy
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_operator(_Tag)
+    register_operator(_Nap)
     _Tag.runs.clear()
+    _Nap.runs.clear()
     yield
 
 
@@ -77,10 +100,14 @@ def _tags(*tags: int, drop_every: int = 0) -> Strategy:
     return Strategy(calls=tuple(OperatorCall.of("test_pipeline_tag", tag=t, drop_every=drop_every) for t in tags))
 
 
+def _nap(ms: int) -> OperatorCall:
+    return OperatorCall.of("test_pipeline_nap", ms=ms)
+
+
 def test_a_shared_prefix_is_reused_and_only_the_rest_runs(tmp_path: Path) -> None:
     raw, _ = make_toy_dataset(60, seed=2)
     settings = FULL.model_copy(update={"use_cache": True})
-    with PrefixCache(tmp_path, 10**8) as cache:
+    with PrefixCache(tmp_path, 10**8, min_store_seconds=0) as cache:
         first = execute(raw, _tags(1, 2, 3), settings, context=RunContext(), cache=cache)
         assert _Tag.runs == [1, 2, 3] and first.cache_hits == 0 and first.cached == (False,) * 3
         _Tag.runs.clear()
@@ -107,7 +134,7 @@ def test_cached_runs_give_exactly_the_uncached_output(tmp_path: Path) -> None:
         settings = EvalSettings(sample_rate_permille=rate, seed=9, use_screening=True, use_cache=True)
         plain = execute(raw, CLEANING, settings.model_copy(update={"use_cache": False}), context=RunContext(),
                         screener=screener)
-        with PrefixCache(tmp_path / str(rate), 10**8) as cache:
+        with PrefixCache(tmp_path / str(rate), 10**8, min_store_seconds=0) as cache:
             cold = execute(raw, CLEANING, settings, context=RunContext(), screener=screener, cache=cache)
             warm = execute(raw, CLEANING, settings, context=RunContext(), screener=screener, cache=cache)
             partial = Strategy(calls=(*CLEANING.calls[:2], OperatorCall.of("length_filter")))
@@ -174,7 +201,7 @@ def test_dps_sampling_keeps_proportions_and_feeds_the_cache_key(tmp_path: Path) 
     screener = _LabelScreener(labels)
     settings = EvalSettings(sample_rate_permille=200, seed=3, use_screening=True, use_cache=True)
     vectors = EmbeddingCache(tmp_path / "emb")
-    with PrefixCache(tmp_path / "prefix", 10**8) as cache:
+    with PrefixCache(tmp_path / "prefix", 10**8, min_store_seconds=0) as cache:
         res = execute(raw, CLEANING, settings, context=RunContext(), embedder=_HashEmbedder(), screener=screener,
                       cache=cache, embedding_cache=vectors)
         assert vectors.misses == 1
@@ -194,7 +221,7 @@ def test_dps_sampling_keeps_proportions_and_feeds_the_cache_key(tmp_path: Path) 
 def test_settings_switch_each_acceleration_off(tmp_path: Path) -> None:
     raw, labels = make_toy_dataset(200, seed=7)
     screener = _LabelScreener(labels)
-    with PrefixCache(tmp_path, 10**8) as cache:
+    with PrefixCache(tmp_path, 10**8, min_store_seconds=0) as cache:
         res = execute(raw, _tags(1), FULL, context=RunContext(), screener=screener, cache=cache)
         assert screener.calls == 0 and cache.stats().entries == 0 and cache.stats().misses == 0
         assert (res.sampler, res.screened, res.n_sampled, res.n_targets, res.n_clean) == ("none", False, 200, 200, 0)
@@ -215,7 +242,7 @@ def test_failures_are_clear_and_the_cache_is_optional(tmp_path: Path, monkeypatc
     assert screener.calls == 0  # nothing ran before the bad call was found
     with pytest.raises(DataError, match="reserved column"):
         execute({**raw, ROW_COLUMN: raw["answer"]}, _tags(1), FULL, context=RunContext())
-    with PrefixCache(tmp_path, 10**8) as cache:
+    with PrefixCache(tmp_path, 10**8, min_store_seconds=0) as cache:
         def broken(*args: object) -> bool:
             raise CacheError("prefix cache write failed: OSError")
 
@@ -223,6 +250,7 @@ def test_failures_are_clear_and_the_cache_is_optional(tmp_path: Path, monkeypatc
         res = execute(raw, _tags(1, 2), FULL.model_copy(update={"use_cache": True}), context=RunContext(),
                       cache=cache)
         assert res.batch == run_strategy(raw, _tags(1, 2))[0]
+        assert (res.prefixes_stored, res.prefixes_skipped) == (0, 0)  # tried, failed: neither stored nor cheap
     assert "answer" not in repr(res) and raw["answer"][0] not in repr(res)
 
 
@@ -246,3 +274,61 @@ def test_a_selection_memo_screens_and_samples_a_batch_once_per_setting() -> None
     other = {c: list(v) for c, v in raw.items()}
     execute(other, CLEANING, settings, context=RunContext(), embedder=emb, screener=screener, memo=memo)
     assert screener.calls == 4 and memo.hits == 1
+
+
+CACHED = FULL.model_copy(update={"use_cache": True})
+
+
+def test_with_a_zero_threshold_every_prefix_is_stored(tmp_path: Path) -> None:
+    raw, _ = make_toy_dataset(60, seed=2)
+    with PrefixCache(tmp_path, 10**8, min_store_seconds=0) as cache:
+        res = execute(raw, _tags(1, 2, 3), CACHED, context=RunContext(), cache=cache)
+        assert (res.prefixes_stored, res.prefixes_skipped) == (3, 0) and cache.stats().entries == 3
+    # an entry over the whole budget is not stored, and not counted as skipped for being cheap either
+    with PrefixCache(tmp_path / "tiny", 16, min_store_seconds=0) as cache:
+        res = execute(raw, _tags(1, 2), CACHED, context=RunContext(), cache=cache)
+        assert (res.prefixes_stored, res.prefixes_skipped) == (0, 0) and cache.stats().entries == 0
+
+
+def test_cheap_steps_are_recomputed_rather_than_stored(tmp_path: Path) -> None:
+    raw, _ = make_toy_dataset(60, seed=2)
+    plain = execute(raw, _tags(1, 2, 3), FULL, context=RunContext())
+    with PrefixCache(tmp_path, 10**8, min_store_seconds=10.0) as cache:
+        first = execute(raw, _tags(1, 2, 3), CACHED, context=RunContext(), cache=cache)
+        assert (first.prefixes_stored, first.prefixes_skipped) == (0, 3)
+        s = cache.stats()
+        assert (s.entries, s.bytes_written) == (0, 0)
+        _Tag.runs.clear()
+        again = execute(raw, _tags(1, 2, 3), CACHED, context=RunContext(), cache=cache)
+        assert _Tag.runs == [1, 2, 3] and again.cache_hits == 0 and again.operators_run == 3
+    assert first.batch == again.batch == plain.batch and first.n_output == plain.n_output
+
+
+def test_a_slow_step_is_stored_and_a_strategy_sharing_it_reuses_it(tmp_path: Path) -> None:
+    raw, _ = make_toy_dataset(40, seed=3)
+    with PrefixCache(tmp_path, 10**8, min_store_seconds=0.1) as cache:
+        first = execute(raw, Strategy(calls=(_nap(200), *_tags(1, 2).calls)), CACHED, context=RunContext(),
+                        cache=cache)
+        # the slow step's prefix is stored; the cheap steps after it are not: with the nap's result stored,
+        # recomputing them costs only their own (tiny) time
+        assert (first.prefixes_stored, first.prefixes_skipped) == (1, 2) and cache.stats().entries == 1
+        _Nap.runs.clear()
+        _Tag.runs.clear()
+        second = execute(raw, Strategy(calls=(_nap(200), *_tags(3).calls)), CACHED, context=RunContext(),
+                         cache=cache)
+        assert _Nap.runs == [] and _Tag.runs == [3] and second.cached == (True, False)
+        assert second.steps_reused == 1 and second.seconds_saved >= 0.2
+        assert (second.prefixes_stored, second.prefixes_skipped) == (0, 1)  # the hit counts as stored
+    assert second.batch["answer"] == [a + "|3" for a in raw["answer"]]
+
+
+def test_the_time_that_counts_is_the_time_since_the_last_stored_prefix(tmp_path: Path) -> None:
+    raw, _ = make_toy_dataset(20, seed=4)
+    with PrefixCache(tmp_path, 10**8, min_store_seconds=0.25) as cache:
+        # 0.15 s alone is below the threshold; 0.3 s since nothing was stored reaches it
+        res = execute(raw, Strategy(calls=(_nap(150), _nap(150), *_tags(1).calls)), CACHED, context=RunContext(),
+                      cache=cache)
+        assert (res.prefixes_stored, res.prefixes_skipped) == (1, 2)
+        again = execute(raw, Strategy(calls=(_nap(150), _nap(150), *_tags(2).calls)), CACHED,
+                        context=RunContext(), cache=cache)
+        assert again.steps_reused == 2 and _Nap.runs == [150, 150]

@@ -4,10 +4,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from site_agent.cache.codec import CorruptEntry, decode_batch, encode_batch
 from site_agent.cache.keys import CacheBase, StepKey, dataset_fingerprint, prefix_key
-from site_agent.cache.store import CacheError, PrefixCache
+from site_agent.cache.store import DEFAULT_MIN_STORE_SECONDS, CacheError, PrefixCache
+from site_agent.config import CacheConfig
 from site_agent.operators.base import Batch, StepStats
 
 BASE = CacheBase(dataset="d" * 64, sampler="dps", sample_rate_permille=200, sample_seed=3, embedder="emb-a",
@@ -143,6 +145,43 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
         PrefixCache(tmp_path / "file", 10)
     with PrefixCache(tmp_path / "ok", 10**6) as cache, pytest.raises(CacheError, match="one StepStats per step"):
         cache.put(BASE, [A, B], _batch("1"), _stats([A]))
+
+
+@pytest.mark.parametrize("bad", [-0.001, float("nan"), float("inf"), True, "0.1"])
+def test_min_store_seconds_must_be_finite_and_non_negative(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(CacheError, match="min_store_seconds must be a finite number of seconds >= 0"):
+        PrefixCache(tmp_path, 10**6, min_store_seconds=bad)  # type: ignore[arg-type]
+
+
+def test_min_store_seconds_defaults_above_a_write_and_put_ignores_it(tmp_path: Path) -> None:
+    with PrefixCache(tmp_path / "default", 10**6) as cache:
+        assert cache.min_store_seconds == DEFAULT_MIN_STORE_SECONDS == 0.05
+    # the store rule is the executor's: put stores what it is given, however cheap its steps were
+    with PrefixCache(tmp_path / "high", 10**6, min_store_seconds=60) as cache:
+        assert cache.min_store_seconds == 60.0 and _put(cache, [A], "1", seconds=0.0)
+        assert cache.lookup_longest(BASE, [A])[0] == 1
+    assert CacheConfig().min_store_ms == 50.0 == DEFAULT_MIN_STORE_SECONDS * 1000
+    assert CacheConfig(min_store_ms=0).min_store_ms == 0.0
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValidationError, match="min_store_ms"):
+            CacheConfig(min_store_ms=bad)
+
+
+def test_the_site_config_sets_the_threshold_of_the_sites_cache(tmp_path: Path) -> None:
+    from site_agent.config import SiteConfig
+    from site_agent.data.loading import save_pairs
+    from site_agent.resources import prepare
+
+    save_pairs(_batch("1"), tmp_path / "train.jsonl")
+    cfg = SiteConfig.model_validate({
+        "site_id": "hospital-a", "tls": {"cert": "c.crt", "key": "c.key", "ca": "ca.crt"}, "audit_key": "a.key",
+        "policy": "policy.yaml", "data": {"path": tmp_path / "train.jsonl"}, "embedder": None, "screening": None,
+        "cache": {"dir": tmp_path / "cache", "budget_mb": 1, "min_store_ms": 250}})
+    resources = prepare(cfg)
+    try:
+        assert resources.prefix_cache is not None and resources.prefix_cache.min_store_seconds == 0.25
+    finally:
+        resources.close()
 
 
 def test_threads_share_one_cache(tmp_path: Path) -> None:

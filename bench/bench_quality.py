@@ -4,9 +4,10 @@ One run, in process (no gRPC), on every site of the PyCMeKG benchmark built into
 
 1. **Search at equal budget.** Each proposer runs its searches of R rounds x K strategies over the
    operators that need no site-local LLM: ``llm``, the system's own LLM meta-agent, built as the search
-   builds it (``create_proposer("llm", ...)`` with the demo's agent settings: the offline ``local`` backend,
-   the bundled SmolLM2-135M-Instruct on this CPU under a JSON-schema grammar, one torch thread, one re-ask;
-   no network), and the baselines ``random``, ``evolutionary`` and ``tpe``. Every proposer sees the same
+   builds it (``create_proposer("llm", ...)``; by default with the demo's agent settings, :data:`AGENT`: the
+   offline ``local`` backend, the bundled SmolLM2-135M-Instruct on this CPU under a JSON-schema grammar, one
+   torch thread, one re-ask; no network; ``--agent FILE`` gives other settings, see below), and the
+   baselines ``random``, ``evolutionary`` and ``tpe``. Every proposer sees the same
    catalog and the same kind of history (the scored strategies of the rounds before), rounds numbered from
    1 as in the search, and is asked again (bounded) while a round has fewer than K new valid strategies,
    as ``coordinator.search`` does. A strategy's score is the mean over the sites of the quality-proxy score
@@ -35,8 +36,9 @@ of the three) is shown beside it.
 Modes (run times measured on the shared 2-core development box are in ``MODES``):
 
 - ``quick``: a tiny 2-layer Llama built from a config (random init, seconds to train) for the LoRAs: its
-  win rates are a smoke test of the pipeline, NOT a quality claim. The meta-agent is the real SmolLM2 on
-  the CPU (~30 s a round), so it gets fewer seeds than the baselines to keep the run under 10 minutes.
+  win rates are a smoke test of the pipeline, NOT a quality claim. The meta-agent is (by default) the real
+  SmolLM2 on the CPU (~30 s a round), so it gets fewer seeds than the baselines to keep the run under 10
+  minutes.
 - ``medium``: the quick build and search budget, 1 seed, LoRAs of the real bundled SmolLM2-135M on the
   first site only, for the picks the goals need (``llm``, ``random``, unprocessed): a reduced-scale probe.
 - ``full``: LoRAs of SmolLM2-135M on every site for every proposer's picks, several seeds.
@@ -44,6 +46,21 @@ Modes (run times measured on the shared 2-core development box are in ``MODES``)
     .venv/bin/python bench/bench_quality.py --mode quick    # make bench-quick; under 10 minutes on 2 cores
     .venv/bin/python bench/bench_quality.py --mode medium   # ~25 minutes on 2 cores
     .venv/bin/python bench/bench_quality.py --mode full     # see MODES for its run time
+
+The meta-agent's settings: ``--agent FILE`` reads a YAML (or JSON) file holding one agent block, the keys of
+a search config's ``agent:`` section (``coordinator.config.AgentConfig``), e.g. a ``vllm serve`` endpoint::
+
+    backend: openai
+    base_url: http://127.0.0.1:8000/v1
+    model: Qwen/Qwen2.5-7B-Instruct
+    api_key_env: VLLM_API_KEY      # optional: the NAME of the variable holding the key
+
+    .venv/bin/python bench/bench_quality.py --mode quick --agent agent.yaml --label quick-qwen
+
+The file is checked at start-up, before any work (a missing file, bad YAML, an unknown key or a bad value:
+one line on stderr, exit code 2); a relative ``model_dir`` is taken from the file's folder. The report
+records the settings used (the key variable's name, never a key; a URL without user info or query) and names
+the model that ran. Without ``--agent``: :data:`AGENT`.
 
 Writes ``quality_<mode>.json``, ``quality_<mode>.md`` and ``quality_<mode>.png`` (best-so-far and regret
 curves) under ``--out``. Prints counts, scores, win rates and times only.
@@ -66,6 +83,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the meta-agent and the LoRA base load bundled files only
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_search beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests' tiny model
@@ -77,7 +96,8 @@ from coordinator.agent import ProposalLog  # noqa: E402
 from coordinator.config import AgentConfig  # noqa: E402
 from coordinator.proposers import Proposer, ScoredStrategy, create_proposer  # noqa: E402
 from protos.catalog import check_strategy, index_catalog  # noqa: E402
-from protos.errors import AutodpError  # noqa: E402
+from protos.config import read_yaml_mapping, resolve_paths  # noqa: E402
+from protos.errors import AutodpError, ConfigError  # noqa: E402
 from protos.views import EvalSettings, OperatorSpec, Strategy  # noqa: E402
 from site_agent.evaluation.base import Evaluator, create_evaluator  # noqa: E402
 from site_agent.evaluation.metrics import pairwise_win_rate  # noqa: E402
@@ -85,8 +105,9 @@ from site_agent.operators.base import Batch  # noqa: E402
 from site_agent.pipeline import execute  # noqa: E402
 from site_agent.resources import SiteResources  # noqa: E402
 
-__all__ = ["AGENT", "BASELINES", "GOALS", "MODES", "PROPOSERS", "RoundLog", "SearchRun", "best_so_far", "llm_summary",
-           "main", "make_proposer", "pooled_win_rate", "processed_rows", "regret", "search"]
+__all__ = ["AGENT", "BASELINES", "GOALS", "MODES", "PROPOSERS", "RoundLog", "SearchRun", "best_so_far",
+           "describe_agent", "llm_summary", "load_agent_settings", "main", "make_proposer", "pooled_win_rate",
+           "processed_rows", "recorded_agent", "regret", "search"]
 
 log = logging.getLogger("autodp.bench")
 BASELINES = ("random", "evolutionary", "tpe")
@@ -149,6 +170,48 @@ def make_proposer(name: str, seed: int, agent: Mapping[str, Any] | None = None) 
     (default :data:`AGENT`) are validated as a search config's ``agent`` block and passed the same way."""
     extra = AgentConfig.model_validate(dict(agent or AGENT)).model_dump() if name == "llm" else {}
     return create_proposer(name, seed=seed, max_length=MAX_LENGTH, **extra)
+
+
+def load_agent_settings(path: Path) -> dict[str, Any]:
+    """The meta-agent's settings from ``--agent``: a YAML (or JSON) file holding one agent block, validated as
+    a search config's ``agent:`` section is. Returned as written (a relative ``model_dir`` resolved against
+    the file's folder) plus the ``backend`` they imply. Every problem is one ConfigError line that names the
+    file and the key, never a value."""
+    where = f"--agent {path}"
+    data = read_yaml_mapping(path, "--agent", expected="the agent block's keys at the top level")
+    if "agent" in data and isinstance(data["agent"], dict):
+        raise ConfigError(f"{where}: write the agent block's keys at the top level (no 'agent:' around them)")
+    try:
+        cfg = AgentConfig.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where}: {f'agent.{key}' if key else 'agent'}: {first['msg']}") from None
+    return resolve_paths(cfg, path.parent).model_dump(mode="json", exclude_unset=True)
+
+
+def recorded_agent(agent: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings as the report records them: a ``base_url`` without user info, query or fragment (where a
+    key could hide; the client drops the query anyway). ``api_key_env`` is a variable's name, kept."""
+    out = dict(agent)
+    if isinstance(url := out.get("base_url"), str):
+        import httpx
+
+        try:
+            out["base_url"] = str(httpx.URL(url).copy_with(username=None, password=None, query=None, fragment=None))
+        except (httpx.InvalidURL, TypeError):
+            out["base_url"] = "(not a valid URL)"
+    return out
+
+
+def describe_agent(agent: Mapping[str, Any]) -> str:
+    """The meta-agent's model in words, for the report: the bundled SmolLM2 only when that is what runs."""
+    cfg = AgentConfig.model_validate(dict(agent))
+    if cfg.backend == "openai":
+        return f"backend openai, model {cfg.model}"
+    if cfg.model_dir is None:
+        return "bundled SmolLM2-135M-Instruct on the CPU"
+    return f"backend local, model {cfg.model or cfg.model_dir.name} on the CPU"
 
 
 @dataclass
@@ -396,12 +459,16 @@ def _met(value: float | None, met: bool) -> str:
     return f"{_pct(value)} -> **{'met' if met else 'not met'}**" if value is not None else "-> **not measured**"
 
 
+def _agent_words(report: Mapping[str, Any]) -> str:
+    return str(report.get("agent_model") or describe_agent(report.get("agent") or AGENT))
+
+
 def _goal_lines(report: Mapping[str, Any]) -> list[str]:
     g, note = report["goals"], _scale_note(report)
     who, base = g["proposer"], g["best_baseline"]
     if who == "llm":
-        head = (f"- checked for **llm**, the LLM meta-agent (the system's method: bundled SmolLM2-135M-Instruct on "
-                f"the CPU, {report['llm_seeds']} seed(s)); best baseline by mean final search score: **{base}**")
+        head = (f"- checked for **llm**, the LLM meta-agent (the system's method: {_agent_words(report)}, "
+                f"{report['llm_seeds']} seed(s)); best baseline by mean final search score: **{base}**")
     else:
         head = f"- the meta-agent was not run (--proposers): the goals are checked for the best baseline, **{who}**"
     beside = who == "llm" and base is not None
@@ -431,10 +498,10 @@ def _limits(report: Mapping[str, Any]) -> list[str]:
     out = []
     if llm is not None:
         if report["llm_seeds"] < report["seeds"]:
-            out.append(f"- The meta-agent ran {report['llm_seeds']} seed(s), the baselines {report['seeds']}: SmolLM2 "
-                       f"on this CPU takes ~{llm['propose_s_per_round']:.0f} s to propose a round, and the mode's time "
-                       "limit does not hold more. Its means are over fewer searches; the pairwise win rates compare "
-                       "the same seeds only.")
+            out.append(f"- The meta-agent ran {report['llm_seeds']} seed(s), the baselines {report['seeds']}: it "
+                       f"({_agent_words(report)}) took ~{llm['propose_s_per_round']:.0f} s to propose a round, and the "
+                       "mode's time limit does not hold more. Its means are over fewer searches; the pairwise win "
+                       "rates compare the same seeds only.")
         if llm["llm_share"] is not None:
             issues = [(what, n) for what, n in llm["problems"] if not what.startswith("strategies ")]
             top = f" (the repair step's most common finding: '{issues[0][0]}', {issues[0][1]} times)" if issues else ""
@@ -464,13 +531,14 @@ def _limits(report: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _llm_lines(llm: Mapping[str, Any] | None, k: int, agent: Mapping[str, Any]) -> list[str]:
+def _llm_lines(llm: Mapping[str, Any] | None, k: int, agent: Mapping[str, Any], source: str | None = None) -> list[str]:
     if llm is None:
         return []
+    origin = f"from `--agent {source}`" if source else "the demo's"
     lines = ["### The meta-agent's proposals", "",
              f"Its own log (`LLMProposer.last`) of every round, summed over its {llm['searches']} search(es); K = "
-             f"{k}. Settings: `{json.dumps(agent)}` (the demo's), the search's seed, max strategy length "
-             f"{MAX_LENGTH}.", "",
+             f"{k}. Model: {describe_agent(agent)}. Settings: `{json.dumps(agent)}` ({origin}), the search's seed, "
+             f"max strategy length {MAX_LENGTH}.", "",
              "| round | strategies evaluated | from the model | seeded fill | model calls | s proposing "
              "(mean per search) |", "|---|---|---|---|---|---|"]
     for p in llm["per_round"]:
@@ -542,7 +610,7 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
     for name, p in s["per_proposer"].items():
         lines.append(f"| {name} | " + " | ".join(_fmt(x, 4) for x in p["per_round_mean"]) + " |")
     lines += ["", f"Plot: `{report['plot']}` (best-so-far per seed and mean; regret of the mean).", "",
-              *_llm_lines(report["llm"], report["k"], report["agent"]),
+              *_llm_lines(report["llm"], report["k"], report["agent"], report.get("agent_file")),
               "## 2. Pairwise win rates (held-out items pooled over the LoRA sites)", ""]
     if report["lora"]["model"] == "tiny":
         lines += ["**Smoke test:** the quick mode trains a tiny 2-layer model from a random init for a few "
@@ -617,6 +685,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--proposers", default=",".join(PROPOSERS), help="comma-separated, from " + ", ".join(PROPOSERS))
     ap.add_argument("--model", help="override the mode's LoRA model: 'tiny', 'smollm2' or an HF folder")
     ap.add_argument("--label", help="name of the result files, quality_<label>.* (default: the mode)")
+    ap.add_argument("--agent", type=Path, metavar="PATH",
+                    help="YAML or JSON file holding the meta-agent's settings: the keys of a search config's agent "
+                         "block (e.g. backend: openai, base_url, model); default: the demo's, local SmolLM2")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     mode = MODES[args.mode]
@@ -626,8 +697,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not proposers or any(p not in PROPOSERS for p in proposers) or seeds < 1 or llm_seeds < 1:
         print(f"error: --proposers takes names from {', '.join(PROPOSERS)}; seeds must be >= 1", file=sys.stderr)
         return 2
+    try:
+        agent = load_agent_settings(args.agent) if args.agent is not None else dict(AGENT)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        if "llm" in proposers:  # what only the proposer checks (URL on premises, key variable set, model folder)
+            probe = make_proposer("llm", 0, agent)  # cheap: the local backend loads its model on the first call
+            getattr(probe, "close", lambda: None)()
+    except ConfigError as e:
+        print(f"error: --agent {args.agent if args.agent is not None else '(default)'}: {e}", file=sys.stderr)
+        return 2
     run = RunInfo()
     machine, date, say = run.machine, run.date, run.say
+    if "llm" in proposers:
+        say(f"meta-agent: {describe_agent(agent)}" + (f" (--agent {args.agent})" if args.agent is not None else ""))
 
     with tempfile.TemporaryDirectory(prefix="autodp-bench-quality-") as tmp:
         workdir = Path(tmp)
@@ -642,7 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         for name in proposers:
             for seed in range(llm_seeds if name == "llm" else seeds):
-                proposer = make_proposer(name, seed)
+                proposer = make_proposer(name, seed, agent)
                 try:
                     runs.append(search(sites, proposer, name, seed, catalog, mode.rounds, mode.k, settings, evaluator))
                 finally:
@@ -779,8 +864,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run_s": run.elapsed(), "setup_s": setup_s, "search_s": search_s,
         "llm_search_s": sum(r.seconds for r in runs if r.proposer == "llm"), "truth_s": truth_s,
         "lora_s": lora_s, "mode_config": asdict(mode), "rounds": mode.rounds, "k": mode.k, "seeds": seeds,
-        "llm_seeds": llm_seeds if "llm" in proposers else 0, "proposers": proposers, "agent": AGENT,
-        "agent_fill": AgentConfig.model_validate(AGENT).fill,
+        "llm_seeds": llm_seeds if "llm" in proposers else 0, "proposers": proposers,
+        "agent": recorded_agent(agent), "agent_file": str(args.agent) if args.agent is not None else None,
+        "agent_model": describe_agent(agent), "agent_fill": AgentConfig.model_validate(agent).fill,
         "sites": list(sites), "settings": settings.model_dump(mode="json"), "catalog": [c.name for c in catalog],
         "best_proposer": best, "goals": goals, "plot": str(plot), "llm": llm,
         "search": {"pooled_best": pooled, "per_proposer": per_proposer,

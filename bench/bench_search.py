@@ -114,6 +114,10 @@ TEAM_OPERATORS: dict[Team, OperatorCall] = {
     Team.SELECTION: OperatorCall.of("screening_threshold"),
 }
 STAND_INS = {Team.GENERATION: "fill_answer (LLM)", Team.OPTIMIZATION: "rewrite_answer (LLM)"}
+# Positions of the model-bound ablation's stand-in LLM: the local backend clips a prompt at 1024 tokens and
+# scores up to 1024 completion tokens after it, and the chat template adds a few; the tiny builder's default
+# 512 is overrun (transformers warns). RoPE keeps no weights per position, so the room costs nothing.
+TINY_LLM_POSITIONS = 4096
 
 
 @dataclass(frozen=True)
@@ -375,7 +379,7 @@ def _tiny_llm(workdir: Path, resources: SiteResources) -> Callable[[], Any]:
     from tests.unit.site_agent.evaluation.tiny_model import build_tiny_model
 
     texts = resources.data["instruction"][:300] + resources.data["answer"][:300]
-    llm = LocalHF(build_tiny_model(workdir / "tiny-llm", texts), max_batch=16)
+    llm = LocalHF(build_tiny_model(workdir / "tiny-llm", texts, max_positions=TINY_LLM_POSITIONS), max_batch=16)
     return lambda: llm
 
 

@@ -135,3 +135,105 @@ def test_repair_summaries_fold_into_counts(bench: ModuleType) -> None:
         "the answer was not JSON", "no answer"]))
     assert counts == {"strategies offered": 11, "strategies kept": 3, "strategy already evaluated or repeated": 7,
                       "unknown operator": 1, "the answer was not JSON": 1, "no answer": 1}
+
+
+def test_an_agent_file_gives_the_settings_used_and_the_words_the_report_names_them_with(
+        bench: ModuleType, tmp_path: Path) -> None:
+    served = tmp_path / "served.yaml"
+    served.write_text("backend: openai\nbase_url: http://127.0.0.1:8000/v1\nmodel: Qwen/Qwen2.5-7B-Instruct\n"
+                      "api_key_env: BENCH_AGENT_KEY\nmax_reasks: 1\n", encoding="utf-8")
+    settings = bench.load_agent_settings(served)
+    assert settings == {"backend": "openai", "base_url": "http://127.0.0.1:8000/v1",
+                        "model": "Qwen/Qwen2.5-7B-Instruct", "api_key_env": "BENCH_AGENT_KEY", "max_reasks": 1}
+    assert bench.describe_agent(settings) == "backend openai, model Qwen/Qwen2.5-7B-Instruct"
+    assert "SmolLM2" not in bench.describe_agent(settings)
+    # JSON is YAML; no backend: a base_url means openai, as in the search config
+    as_json = tmp_path / "served.json"
+    as_json.write_text('{"base_url": "http://127.0.0.1:8000", "model": "m"}', encoding="utf-8")
+    assert bench.load_agent_settings(as_json)["backend"] == "openai"
+    # a local model folder relative to the file; the default is the bundled SmolLM2
+    local = tmp_path / "local.yaml"
+    local.write_text("model_dir: models/tiny\nthreads: 2\n", encoding="utf-8")
+    assert bench.load_agent_settings(local) == {"backend": "local", "threads": 2,
+                                                "model_dir": str((tmp_path / "models" / "tiny").resolve())}
+    assert bench.describe_agent(bench.load_agent_settings(local)) == "backend local, model tiny on the CPU"
+    assert bench.describe_agent(bench.AGENT) == "bundled SmolLM2-135M-Instruct on the CPU"
+    # what the report records: a key could hide in a URL's user info or query; never recorded
+    recorded = bench.recorded_agent({**settings, "base_url": "http://user:s3cret@127.0.0.1:8000/v1?key=s3cret"})
+    assert recorded["base_url"] == "http://127.0.0.1:8000/v1" and "s3cret" not in str(recorded)
+    assert recorded["api_key_env"] == "BENCH_AGENT_KEY"
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    (None, "file not found"),
+    ("backend: [openai\n", "not valid YAML"),
+    ("- backend: openai\n", "top level"),
+    ("agent:\n  backend: local\n", "no 'agent:' around them"),
+    ("backend: local\napi_key: sk-s3cret\n", "agent.api_key: Extra inputs are not permitted"),
+    ("backend: local\nthreads: 0\n", "agent.threads"),
+    ("backend: openai\nbase_url: http://127.0.0.1:8000\n", "needs base_url and model"),
+    ("backend: vllm\n", "agent.backend"),
+    ("backend: openai\nbase_url: http://llm.example.com/v1\nmodel: m\n", "not loopback, private or site-local"),
+    ("backend: openai\nbase_url: http://127.0.0.1:8000\nmodel: m\napi_key_env: BENCH_UNSET_KEY_VARIABLE\n",
+     "BENCH_UNSET_KEY_VARIABLE is not set"),
+])
+def test_a_bad_agent_file_is_one_line_and_exit_code_2_before_any_work(
+        bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        text: str | None, says: str) -> None:
+    monkeypatch.delenv("BENCH_UNSET_KEY_VARIABLE", raising=False)
+    path = tmp_path / "agent.yaml"
+    if text is not None:
+        path.write_text(text, encoding="utf-8")
+    out = tmp_path / "out"
+    assert bench.main(["--agent", str(path), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert captured.err.startswith("error: ") and says in captured.err and "s3cret" not in captured.err
+    assert not out.exists()  # failed before building anything
+
+
+def test_the_meta_agent_from_an_agent_file_proposes_through_an_openai_endpoint(bench: ModuleType,
+                                                                             tmp_path: Path) -> None:
+    import json
+
+    from tests.fakes.openai_server import FakeOpenAIServer, scripted
+
+    answer = json.dumps({"strategies": [[{"op": "exact_dedup", "params": {}}], [{"op": "normalize_text", "params": {}}],
+                                        [{"op": "remove_markup", "params": {}}, {"op": "exact_dedup", "params": {}}]]})
+    sites = {"a": _site(tmp_path / "a", 0)}
+    with FakeOpenAIServer(scripted(answer), model="served-model") as server:
+        path = tmp_path / "agent.yaml"
+        path.write_text(f"base_url: {server.base_url}/v1\nmodel: served-model\nmax_reasks: 0\nbackoff_s: 0.01\n",
+                        encoding="utf-8")
+        settings = bench.load_agent_settings(path)
+        proposer = bench.make_proposer("llm", 0, settings)
+        assert isinstance(proposer, LLMProposer) and proposer.backend == "openai"
+        settings_eval = EvalSettings(evaluator=EvaluatorKind.QUALITY_PROXY, sample_rate_permille=1000,
+                                     use_screening=False)
+        run = bench.search(sites, proposer, "llm", 0, _catalog(), rounds=1, k=3, settings=settings_eval,
+                           evaluator=create_evaluator(EvaluatorKind.QUALITY_PROXY))
+        proposer.close()
+        [body] = server.posted()
+    assert body["model"] == "served-model"
+    assert [c.op for s in run.strategies for c in s.calls] == ["exact_dedup", "normalize_text", "remove_markup",
+                                                               "exact_dedup"]
+    assert run.origins == ["model"] * 3 and run.rounds[0].from_llm == 3 and run.rounds[0].filled == 0
+    sites["a"].close()
+
+
+def test_the_report_names_the_meta_agent_that_ran(bench: ModuleType) -> None:
+    served = {"backend": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "served-model"}
+    goals = {"proposer": "llm", "best_baseline": "tpe", "vs_unprocessed": 0.5, "vs_unprocessed_met": False,
+             "vs_random": 0.5, "vs_random_met": False, "best_baseline_vs_unprocessed": None,
+             "best_baseline_vs_random": None}
+    report = {"goals": goals, "lora": {"model": "tiny"}, "mode": "quick", "mode_config": {}, "llm_seeds": 1,
+              "agent": served, "agent_model": bench.describe_agent(served)}
+    head = bench._goal_lines(report)[0]
+    assert "backend openai, model served-model" in head and "SmolLM2" not in head
+    assert "bundled SmolLM2-135M-Instruct" in bench._goal_lines({**report, "agent": bench.AGENT,
+                                                                "agent_model": None})[0]
+    llm = {"searches": 1, "per_round": [], "from_llm": 0, "filled": 0, "propose_s_per_round": None,
+           "pick_origins": [], "problems": []}
+    text = "\n".join(bench._llm_lines(llm, 3, served, "served.yaml"))
+    assert "Model: backend openai, model served-model" in text and "from `--agent served.yaml`" in text
+    assert "the demo's" in "\n".join(bench._llm_lines(llm, 3, bench.AGENT))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -24,7 +27,8 @@ def bench() -> ModuleType:
 
 def _site(tmp: Path, rows: int = 120) -> SiteResources:
     data, _ = make_toy_dataset(rows, seed=0)
-    cache = PrefixCache(tmp, 64 << 20, durable=False)  # no fsync: seconds matter here, not crash safety
+    # no fsync: seconds matter here, not crash safety; every prefix stored: the exhaustive run counts on it
+    cache = PrefixCache(tmp, 64 << 20, durable=False, min_store_seconds=0)
     return SiteResources(data=data, eval_data=None, embedder=None, embedding_cache=None, screener=None,
                          screening_report=None, prefix_cache=cache, llm_factory=None)
 
@@ -110,3 +114,50 @@ def test_model_bound_ablation_runs_llm_strategies_and_the_cache_reuses_their_pre
     assert all(r.score is not None for recs in records.values() for r in recs)
     assert all(r.operators_run >= 1 for r in records["none"])
     assert sum(r.steps_reused for r in records["dps+pts+crm"]) >= 1
+
+
+@contextmanager
+def _length_warnings() -> Iterator[list[str]]:
+    """The messages transformers' generation length check logs while the block runs. Its warning is logged
+    once per process (``warning_once``): the cache is cleared first so an earlier test cannot hide it."""
+    logger = logging.getLogger("transformers.generation.stopping_criteria")
+    seen: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler, level = _Keep(logging.WARNING), logger.level
+    vars(logging.Logger)["warning_once"].cache_clear()  # transformers adds it
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_the_stand_in_llm_has_positions_for_a_clipped_prompt_and_its_reply(bench: ModuleType, tmp_path: Path) -> None:
+    import torch
+
+    from site_agent.llm.local_hf import LocalHF
+    from tests.unit.site_agent.evaluation.tiny_model import build_tiny_model
+
+    torch.set_num_threads(1)
+    site = _site(tmp_path / "site", rows=40)
+    stand_in = bench._tiny_llm(tmp_path, site)()
+    long_prompt = " ".join(f"term{i}" for i in range(800))  # past 512 tokens; the backend clips it at 1024
+    tok, model = stand_in._load()
+    assert model.config.max_position_embeddings == bench.TINY_LLM_POSITIONS
+    assert len(stand_in._prompt_ids(tok, long_prompt, None)) > 512
+    with _length_warnings() as seen:
+        [reply] = stand_in.chat([long_prompt], max_new_tokens=4)
+    assert isinstance(reply, str) and seen == []
+    # the check is live: the builder's default of 512 positions warns on the same call
+    texts = site.data["instruction"][:300] + site.data["answer"][:300]
+    default = LocalHF(build_tiny_model(tmp_path / "default", texts), max_batch=16)
+    with _length_warnings() as seen:
+        default.chat([long_prompt], max_new_tokens=4)
+    assert any("maximum length (512)" in m for m in seen)
+    site.close()

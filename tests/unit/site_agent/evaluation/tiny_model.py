@@ -16,7 +16,9 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 
 def build_tiny_model(folder: Path, texts: Sequence[str], *, vocab: int = 384, hidden: int = 48,
                      layers: int = 2, seed: int = 0, chat_template: bool = True,
-                     init_range: float = 0.2) -> Path:
+                     init_range: float = 0.2, max_positions: int = 512) -> Path:
+    """Build the tokenizer and model into ``folder``. ``max_positions``: the config's max_position_embeddings
+    (RoPE has no weights per position, so more costs nothing; generation past it makes transformers warn)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -36,7 +38,7 @@ def build_tiny_model(folder: Path, texts: Sequence[str], *, vocab: int = 384, hi
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True, initializer_range=init_range,
+                         max_position_embeddings=max_positions, tie_word_embeddings=True, initializer_range=init_range,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)

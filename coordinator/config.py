@@ -40,6 +40,9 @@ class AgentConfig(StrictModel):
     fill: Literal["evolutionary", "random"] = Field(
         default="evolutionary", description="what fills a round when the model gives too few valid new strategies: "
         "evolutionary (builds on the best so far) | random")
+    diverse_starts: bool = Field(
+        default=True, description="each strategy of an answer starts with an operator from its own group (the "
+        "answer schema's prefixItems); false for a server whose structured output lacks prefixItems")
 
     @model_validator(mode="before")
     @classmethod

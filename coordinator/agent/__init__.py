@@ -15,7 +15,7 @@ from coordinator.agent.local import LocalChat
 from coordinator.agent.prompting import PROMPT_VERSION, build_messages, render_comparison
 from coordinator.agent.proposer import LLMProposer, ProposalLog
 from coordinator.agent.repair import RepairReport, repair_answer
-from coordinator.agent.schema import answer_schema, catalog_for_prompt
+from coordinator.agent.schema import answer_schema, catalog_for_prompt, start_groups
 
 __all__ = [
     "PROMPT_VERSION",
@@ -32,4 +32,5 @@ __all__ = [
     "check_local_url",
     "render_comparison",
     "repair_answer",
+    "start_groups",
 ]

@@ -24,7 +24,7 @@ from protos.views import OperatorSpec, Strategy
 
 __all__ = ["PROMPT_VERSION", "build_messages", "load_prompt", "render_comparison", "render_reask"]
 
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"  # v2: diverse starts shown per strategy; a strategy built on a shown one must change
 MAX_ROUNDS_SHOWN = 8  # older rounds are summarized in one line: the prompt stays bounded on long searches
 
 
@@ -112,15 +112,26 @@ def _chosen(entries: Sequence[ScoredStrategy]) -> str:
     return f"\nAlready proposed, not scored yet (do not repeat them):\n{body}\n"
 
 
+def _starts(starts: Sequence[Sequence[str]] | None) -> str:
+    if not starts:
+        return ""
+    body = "\n".join(f"- strategy {j} starts with {'one of: ' if len(g) > 1 else ''}{', '.join(g)}"
+                     for j, g in enumerate(starts, 1))
+    head = "So that the strategies differ, each one starts with its own operator (then any steps you choose):"
+    return f"\n{head}\n{body}\n"
+
+
 def build_messages(round_no: int, k: int, max_length: int, catalog: Sequence[OperatorSpec],
-                   history: Sequence[ScoredStrategy]) -> list[dict[str, str]]:
+                   history: Sequence[ScoredStrategy],
+                   starts: Sequence[Sequence[str]] | None = None) -> list[dict[str, str]]:
     """System and user message: the first-round prompt until some earlier round has a score, then the
-    refine prompt with the group relative comparison."""
+    refine prompt with the group relative comparison. ``starts``: the first-step groups the answer schema
+    imposes (:func:`coordinator.agent.schema.start_groups`), shown so the text and the grammar agree."""
     finished = any(e.round_no < round_no and e.score is not None for e in history)
     # Without a finished round there is no comparison to show them in: list every earlier proposal.
     pending = [e for e in history if e.round_no >= round_no or not finished]
     fields = {"k": str(k), "max_length": str(max_length), "round_no": str(round_no),
-              "catalog": catalog_for_prompt(catalog), "chosen": _chosen(pending)}
+              "catalog": catalog_for_prompt(catalog), "chosen": _chosen(pending), "starts": _starts(starts)}
     if finished:
         user = load_prompt("refine").substitute(fields, comparison=render_comparison(history, round_no))
     else:

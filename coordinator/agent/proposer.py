@@ -6,6 +6,9 @@ process on the CPU under a JSON-schema grammar (backend ``local``, default the b
 Round 1 asks for K diverse strategies from few teams each. Later rounds show the group relative comparison
 of every round so far (rank, score, difference from the round mean, comparison with no processing, what
 the best did differently from the worst) and ask for K new strategies that keep what the best did.
+With ``diverse_starts`` (default) each strategy slot of an answer must begin with an operator from its own
+group (:func:`coordinator.agent.schema.start_groups`, dealt afresh per round and attempt, shown in the
+prompt): the bundled 135M model otherwise often writes one strategy K times in one answer.
 
 Every answer is untrusted: parsed, repaired and checked against the catalog and the history
 (:mod:`coordinator.agent.repair`). When fewer than K valid new strategies remain the model is asked again
@@ -30,7 +33,7 @@ from coordinator.agent.errors import AgentConfigError, AgentError
 from coordinator.agent.local import LocalChat  # light: torch and xgrammar load on its first answer
 from coordinator.agent.prompting import PROMPT_VERSION, build_messages, render_reask
 from coordinator.agent.repair import repair_answer
-from coordinator.agent.schema import answer_schema
+from coordinator.agent.schema import answer_schema, start_groups
 from coordinator.proposers import ScoredStrategy, create_proposer
 from protos.catalog import check_strategy, index_catalog
 from protos.views import OperatorSpec, Strategy
@@ -72,12 +75,13 @@ class LLMProposer:
                  timeout_s: float = 60.0, max_retries: int = 2, api_key_env: str | None = None,
                  allow_non_local: bool = False, temperature: float = 0.7, *, max_reasks: int = 2,
                  backoff_s: float = 0.5, max_tokens: int | None = None, backend: str | None = None,
-                 model_dir: Path | str | None = None, threads: int | None = None, fill: str = "evolutionary") -> None:
+                 model_dir: Path | str | None = None, threads: int | None = None, fill: str = "evolutionary",
+                 diverse_starts: bool = True) -> None:
         if max_length < 1 or max_reasks < 0 or not 0.0 <= temperature <= 2.0:
             raise AgentConfigError("agent: max_length must be >= 1, max_reasks >= 0, temperature in [0, 2]")
         if fill not in FILLS:
             raise AgentConfigError(f"agent.fill: one of {', '.join(FILLS)}")
-        self.fill = fill
+        self.fill, self.diverse_starts = fill, diverse_starts
         backend = backend or ("openai" if base_url else "local")
         self.client: ChatBackend
         if backend == "openai":
@@ -117,7 +121,6 @@ class LLMProposer:
             return []
         index = index_catalog(catalog)
         seen = {h.strategy.key for h in history}
-        messages = build_messages(round_no, k, self.max_length, catalog, history)
         chosen: list[Strategy] = []
         problems: list[str] = []
         calls = 0
@@ -125,14 +128,17 @@ class LLMProposer:
             need = k - len(chosen)
             if need <= 0:
                 break
-            asked = messages
-            if attempt:  # one user turn (some chat templates refuse two in a row), listing what was kept
-                asked = build_messages(round_no, need, self.max_length, catalog,
-                                       [*history, *(ScoredStrategy(round_no, s, None) for s in chosen)])
+            # a fresh deal of first-step groups per attempt: a re-ask does not get the same slots again
+            starts = (start_groups(catalog, need, self.seed * 1_000 + round_no * 10 + attempt)
+                      if self.diverse_starts else None)
+            # a re-ask is one user turn (some chat templates refuse two in a row), listing what was kept
+            asked = build_messages(round_no, need, self.max_length, catalog,
+                                   [*history, *(ScoredStrategy(round_no, s, None) for s in chosen)], starts)
+            if attempt:
                 asked[1]["content"] += "\n\n" + render_reask(problems[-1], need)
             calls += 1
             try:
-                text = self.client.chat_json(asked, answer_schema(catalog, need, self.max_length),
+                text = self.client.chat_json(asked, answer_schema(catalog, need, self.max_length, starts),
                                              temperature=self.temperature, max_tokens=self._tokens(need),
                                              seed=self.seed * 1_000 + round_no * 10 + attempt)
             except AgentError as e:

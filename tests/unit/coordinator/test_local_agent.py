@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from coordinator.agent import AgentConfigError, AgentError, LLMProposer, LocalChat, answer_schema, build_messages
+from coordinator.agent import (
+    AgentConfigError,
+    AgentError,
+    LLMProposer,
+    LocalChat,
+    answer_schema,
+    build_messages,
+    start_groups,
+)
 from coordinator.agent.local import SchemaGrammars, loaded_model
 from coordinator.config import AgentConfig
 from coordinator.proposers import ScoredStrategy
@@ -51,7 +59,7 @@ def _type_ok(value: Any, kind: str) -> bool:
 
 def schema_errors(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
     known = {"type", "enum", "properties", "required", "additionalProperties", "anyOf", "items", "minItems",
-             "maxItems", "minimum", "maximum"}
+             "maxItems", "minimum", "maximum", "prefixItems"}
     assert set(schema) <= known, f"checker does not know {set(schema) - known}"
     if "anyOf" in schema:
         branches = [schema_errors(value, s, where) for s in schema["anyOf"]]
@@ -66,8 +74,10 @@ def schema_errors(value: Any, schema: dict[str, Any], where: str = "$") -> list[
     if isinstance(value, list):
         if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", len(value)):
             errors.append(f"{where}: {len(value)} items")
+        prefix = schema.get("prefixItems", [])
         for i, item in enumerate(value):
-            errors += schema_errors(item, schema.get("items", {}), f"{where}[{i}]")
+            sub = prefix[i] if i < len(prefix) else schema.get("items", {})
+            errors += [f"{where}[{i}]: no item allowed"] if sub is False else schema_errors(item, sub, f"{where}[{i}]")
     if isinstance(value, dict):
         props = schema.get("properties", {})
         errors += [f"{where}: missing {k}" for k in schema.get("required", []) if k not in value]
@@ -95,6 +105,21 @@ def test_the_checker_catches_what_it_must() -> None:
                 '"params": {}}]]}',
                 '{"strategies": [[{"op": "nope", "params": {}}], [{"op": "exact_dedup", "params": {}}]]}'):
         assert schema_errors(json.loads(bad), schema), bad
+    starts = answer_schema(SMALL, 2, 2, [["exact_dedup"], ["length_filter", "diversity_select"]])
+    assert schema_errors(ok, starts) == []
+    swapped = {"strategies": ok["strategies"][::-1]}  # each strategy now starts outside its slot's group
+    assert schema_errors(swapped, starts)
+
+
+def test_answers_under_diverse_starts_begin_in_their_slots_group(tiny_dir: Path) -> None:
+    chat, catalog = LocalChat(tiny_dir), SMALL + ODD
+    for seed in range(3):
+        groups = start_groups(catalog, 3, seed)
+        schema = answer_schema(catalog, 3, 2, groups)
+        text = chat.chat_json(build_messages(1, 3, 2, catalog, [], groups), schema, temperature=1.0, seed=seed)
+        value = json.loads(text)
+        assert schema_errors(value, schema) == [], text
+        assert [s[0]["op"] in g for s, g in zip(value["strategies"], groups, strict=True)] == [True] * 3
 
 
 # ---- the tiny model ----

@@ -19,6 +19,7 @@ from coordinator.agent import (
     build_messages,
     render_comparison,
     repair_answer,
+    start_groups,
 )
 from coordinator.proposers import ScoredStrategy, create_proposer
 from coordinator.search import run_search
@@ -79,7 +80,7 @@ def test_valid_answer_gives_k_strategies_and_the_request_carries_the_schema(serv
         [step("exact_dedup"), step("length_filter", min_len=20)],
         [step("synthesize_pairs", n_per_record=2, style="detailed")],
         [step("rewrite_answer", temperature=0.5, keep_short=True), step("diversity_select", keep_ratio=0.3)]))
-    p = proposer(server)
+    p = proposer(server, diverse_starts=False)
     out = p.propose(1, 3, CATALOG, [])
     assert_valid(out)
     assert [s.canonical() for s in out][1] == [{"op": "synthesize_pairs",
@@ -102,6 +103,37 @@ def test_valid_answer_gives_k_strategies_and_the_request_carries_the_schema(serv
     assert system["role"] == "system" and "selection" in system["content"] and "generation" in system["content"]
     assert "Propose 3 diverse strategies" in user["content"]
     assert '"min_len":{"type":"integer","minimum":0,"maximum":100,"default":5}' in user["content"]
+
+
+def test_diverse_starts_give_each_strategy_its_own_first_operators_in_schema_and_prompt(
+        server: FakeOpenAIServer) -> None:
+    server.handler = scripted(answer([step("exact_dedup")], [step("diversity_select", keep_ratio=0.3)],
+                                     [step("length_filter", min_len=20)]))
+    out = proposer(server, seed=4).propose(2, 3, CATALOG, [])  # default: diverse starts
+    assert_valid(out)
+    [body] = server.posted()
+    groups = start_groups(CATALOG, 3, 4 * 1_000 + 2 * 10)
+    assert body["guided_json"] == answer_schema(CATALOG, 3, 3, groups)
+    slots = body["guided_json"]["properties"]["strategies"]
+    assert slots["items"] is False and len(slots["prefixItems"]) == 3
+    firsts = [sorted(b["properties"]["op"]["enum"][0] for b in slot["prefixItems"][0]["anyOf"])
+              for slot in slots["prefixItems"]]
+    assert firsts == groups and sorted(n for g in groups for n in g) == sorted(INDEX)  # disjoint, all covered
+    assert all(slot["items"]["anyOf"] for slot in slots["prefixItems"])  # later steps: any operator
+    prompt = body["messages"][1]["content"]
+    assert all(f"strategy {j} starts with" in prompt and all(n in prompt for n in g) for j, g in enumerate(groups, 1))
+
+
+def test_start_groups_are_seeded_disjoint_and_cover_small_catalogs() -> None:
+    a, b = start_groups(CATALOG, 3, 1), start_groups(CATALOG, 3, 2)
+    assert a == start_groups(CATALOG, 3, 1) and a != b
+    assert sorted(n for g in a for n in g) == sorted(INDEX)
+    many = start_groups(CATALOG, len(CATALOG) + 2, 0)
+    assert all(len(g) == 1 for g in many) and {g[0] for g in many} == set(INDEX)
+    with pytest.raises(ValueError, match="starts"):
+        answer_schema(CATALOG, 2, 3, [["exact_dedup"]])
+    with pytest.raises(ValueError, match="starts"):
+        answer_schema(CATALOG, 1, 3, [["no_such_operator"]])
 
 
 def test_invalid_values_are_repaired_not_passed_through(server: FakeOpenAIServer) -> None:

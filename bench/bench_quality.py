@@ -16,10 +16,12 @@ One run, in process (no gRPC), on every site of the PyCMeKG benchmark built into
    against the best score any search found (the pooled best), seconds spent proposing and evaluating per
    round, and for ``llm`` the proposer's own log of every round (``LLMProposer.last``, a ``ProposalLog``):
    how many strategies came from the model and how many were the seeded fill it adds when the model
-   gives fewer than K valid new ones. The final pick of every search is also scored without acceleration
-   on the first rows of the site ``bench_search`` computed the exhaustive team-level ground truth on (when
-   ``ground_truth_<build>.json`` exists for the same build): regret against that truth (negative: the pick
-   beats every team-level strategy).
+   gives fewer than K valid new ones (mode ``write``), or in mode ``choose`` (the local backend's default:
+   the model picks K of up to 3 K candidates the fill proposer builds) how many were the model's picks,
+   and how often they were simply the candidate order's first K. The final pick of every search is also
+   scored without acceleration on the first rows of the site ``bench_search`` computed the exhaustive
+   team-level ground truth on (when ``ground_truth_<build>.json`` exists for the same build): regret
+   against that truth (negative: the pick beats every team-level strategy).
 2. **Pairwise win rates.** For each search's final pick (of the proposers the mode trains: all of them,
    or in medium mode only ``llm`` and ``random``), the strategy is applied to all training rows of each
    site (as ``autodp site process`` does: no sampling, PTS on), a LoRA is trained on the result with the
@@ -228,12 +230,19 @@ class RoundLog:
     from_llm: int | None = None
     filled: int | None = None
     problems: list[str] = field(default_factory=list)
+    mode: str | None = None  # the meta-agent's mode: write | choose
+    picked: list[list[int]] = field(default_factory=list)  # mode choose, per call: the model's choices (0-based)
+    asked: list[int] = field(default_factory=list)  # mode choose, per call: K
 
     def add(self, entry: ProposalLog) -> None:
         self.llm_calls = (self.llm_calls or 0) + entry.llm_calls
         self.from_llm = (self.from_llm or 0) + entry.from_llm
         self.filled = (self.filled or 0) + entry.filled
         self.problems += entry.problems
+        self.mode = entry.mode
+        if entry.mode == "choose" and entry.llm_calls:
+            self.picked.append(list(entry.picked))
+            self.asked.append(entry.asked)
 
 
 @dataclass
@@ -341,7 +350,13 @@ def llm_summary(runs: Sequence[SearchRun], rounds: int) -> dict[str, Any]:
     from_llm = sum(p["from_llm"] for p in per_round)
     filled = sum(p["filled"] for p in per_round)
     answers = [text for r in mine for e in r.rounds for text in e.problems]
-    return {"searches": len(mine), "per_round": per_round, "from_llm": from_llm, "filled": filled,
+    # mode choose: does the model's judgement differ from the candidate order (the proposer's own first K)?
+    choices = [(p, k) for r in mine for e in r.rounds for p, k in zip(e.picked, e.asked, strict=True)]
+    modes = {e.mode for r in mine for e in r.rounds if e.mode}
+    return {"searches": len(mine), "mode": modes.pop() if len(modes) == 1 else None,
+            "choice_calls": len(choices), "choices_first_k": sum(sorted(p) == list(range(k)) for p, k in choices),
+            "choice_rank_mean": _mean([float(i + 1) for p, _ in choices for i in p]),
+            "per_round": per_round, "from_llm": from_llm, "filled": filled,
             "llm_share": from_llm / (from_llm + filled) if from_llm + filled else None,
             "propose_s_per_round": _mean([e.propose_s for r in mine for e in r.rounds]),
             "answers": len(answers), "problems": _problem_counts(answers),
@@ -355,9 +370,10 @@ def _problem_counts(summaries: Sequence[str]) -> list[tuple[str, int]]:
     for text in summaries:
         head, *rest = text.split("; ")
         words = head.split()
-        if len(words) == 5 and words[1:3] == ["strategies", "offered,"] and words[4] == "kept":
-            counts["strategies offered"] += int(words[0])
-            counts["strategies kept"] += int(words[3])
+        if len(words) == 5 and words[1] in ("strategies", "choices") and words[2] == "offered," \
+                and words[4] == "kept":
+            counts[f"{words[1]} offered"] += int(words[0])
+            counts[f"{words[1]} kept"] += int(words[3])
         else:  # "no answer", "the answer was not JSON"
             counts[head] += 1
         for part in rest:
@@ -506,11 +522,30 @@ def _limits(report: Mapping[str, Any]) -> list[str]:
             issues = [(what, n) for what, n in llm["problems"] if not what.startswith("strategies ")]
             top = f" (the repair step's most common finding: '{issues[0][0]}', {issues[0][1]} times)" if issues else ""
             picks = llm["pick_origins"]
+            if llm.get("mode") == "choose":
+                fill = report.get("agent_fill", "evolutionary")
+                n = llm["from_llm"] + llm["filled"]
+                out.append(
+                    f"- Mode choose: each round the `{fill}` proposer (own seed stream) built up to 3 K new candidates "
+                    "(children of the best strategies so far; random ones in round 1) and the model picked K. Of the "
+                    f"{n} strategies evaluated, {llm['from_llm']} ({llm['llm_share']:.0%}) were the model's picks and "
+                    f"{llm['filled']} the proposer's own order where an answer fell short{top}. The model's K picks "
+                    f"were exactly the candidate order's first K in {llm['choices_first_k']} of "
+                    f"{llm['choice_calls']} rounds (mean position of a pick {_fmt(llm['choice_rank_mean'], 1)}); what "
+                    f"its judgement adds shows against `{fill}` alone in the tables above. {picks.count('model')} of "
+                    f"its {len(picks)} final pick(s) were the model's picks.")
+                return out + _common_limits(report, per, best, truth)
             out.append(f"- Of the {llm['from_llm'] + llm['filled']} strategies the meta-agent's searches "
                        f"evaluated, {llm['from_llm']} ({llm['llm_share']:.0%}) came from the model and "
                        f"{llm['filled']} were the seeded fill it adds when the model gives fewer than K valid new "
                        f"strategies (the `{report.get('agent_fill', 'random')}` proposer, on its own seed stream)"
                        f"{top}; {picks.count('model')} of its {len(picks)} final pick(s) came from the model.")
+    return out + _common_limits(report, per, best, truth)
+
+
+def _common_limits(report: Mapping[str, Any], per: Mapping[str, Any], best: str,
+                   truth: Mapping[str, float]) -> list[str]:
+    out = []
     if report["lora"]["model"] == "tiny":
         out.append("- The win rates come from a tiny random-init model trained for a few steps: whether they reach "
                    "a goal says nothing about quality. Medium and full mode (SmolLM2-135M) give numbers that count.")
@@ -538,9 +573,12 @@ def _llm_lines(llm: Mapping[str, Any] | None, k: int, agent: Mapping[str, Any], 
     lines = ["### The meta-agent's proposals", "",
              f"Its own log (`LLMProposer.last`) of every round, summed over its {llm['searches']} search(es); K = "
              f"{k}. Model: {describe_agent(agent)}. Settings: `{json.dumps(agent)}` ({origin}), the search's seed, "
-             f"max strategy length {MAX_LENGTH}.", "",
-             "| round | strategies evaluated | from the model | seeded fill | model calls | s proposing "
-             "(mean per search) |", "|---|---|---|---|---|---|"]
+             f"max strategy length {MAX_LENGTH}.", ""]
+    if llm.get("mode") == "choose":
+        lines += ["Mode choose: the model picks K of up to 3 K candidates built by the fill proposer; \"from the "
+                  "model\" counts its picks, \"seeded fill\" the proposer's own order where an answer fell short.", ""]
+    lines += ["| round | strategies evaluated | from the model | seeded fill | model calls | s proposing "
+              "(mean per search) |", "|---|---|---|---|---|---|"]
     for p in llm["per_round"]:
         lines.append(f"| {p['round']} | {p['proposed']} | {p['from_llm']} | {p['filled']} | {p['llm_calls']} | "
                      f"{_fmt(p['propose_s_mean'], 0)} |")

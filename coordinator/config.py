@@ -40,9 +40,13 @@ class AgentConfig(StrictModel):
     fill: Literal["evolutionary", "random"] = Field(
         default="evolutionary", description="what fills a round when the model gives too few valid new strategies: "
         "evolutionary (builds on the best so far) | random")
+    mode: Literal["write", "choose"] | None = Field(
+        default=None, description="write: the model writes K strategies (the fill completes a shortfall) | choose: "
+        "the fill proposer builds 3 K candidates from the best so far and the model picks K of them; default: "
+        "choose for backend local (a small model writes worse strategies than random search), write for openai")
     diverse_starts: bool = Field(
-        default=True, description="each strategy of an answer starts with an operator from its own group (the "
-        "answer schema's prefixItems); false for a server whose structured output lacks prefixItems")
+        default=False, description="mode write: each strategy of an answer starts with an operator from its own "
+        "group (the answer schema's prefixItems), so a small model cannot write one strategy K times")
 
     @model_validator(mode="before")
     @classmethod

@@ -14,8 +14,8 @@ from coordinator.agent.errors import AgentConfigError, AgentError
 from coordinator.agent.local import LocalChat
 from coordinator.agent.prompting import PROMPT_VERSION, build_messages, render_comparison
 from coordinator.agent.proposer import LLMProposer, ProposalLog
-from coordinator.agent.repair import RepairReport, repair_answer
-from coordinator.agent.schema import answer_schema, catalog_for_prompt, start_groups
+from coordinator.agent.repair import RepairReport, repair_answer, repair_choices
+from coordinator.agent.schema import answer_schema, catalog_for_prompt, choice_schema, start_groups
 
 __all__ = [
     "PROMPT_VERSION",
@@ -29,8 +29,10 @@ __all__ = [
     "answer_schema",
     "build_messages",
     "catalog_for_prompt",
+    "choice_schema",
     "check_local_url",
     "render_comparison",
     "repair_answer",
+    "repair_choices",
     "start_groups",
 ]

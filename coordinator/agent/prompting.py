@@ -18,13 +18,15 @@ from collections.abc import Sequence
 from importlib.resources import files
 from string import Template
 
-from coordinator.agent.schema import catalog_for_prompt
+from coordinator.agent.schema import catalog_for_prompt, teams_for_prompt
 from coordinator.proposers import ScoredStrategy
 from protos.views import OperatorSpec, Strategy
 
-__all__ = ["PROMPT_VERSION", "build_messages", "load_prompt", "render_comparison", "render_reask"]
+__all__ = ["PROMPT_VERSION", "build_choice_messages", "build_messages", "load_prompt", "render_comparison",
+           "render_reask"]
 
-PROMPT_VERSION = "v2"  # v2: diverse starts shown per strategy; a strategy built on a shown one must change
+# v2: diverse starts shown per strategy; a strategy built on a shown one must change; mode "choose"
+PROMPT_VERSION = "v2"
 MAX_ROUNDS_SHOWN = 8  # older rounds are summarized in one line: the prompt stays bounded on long searches
 
 
@@ -142,3 +144,22 @@ def build_messages(round_no: int, k: int, max_length: int, catalog: Sequence[Ope
 
 def render_reask(problems: str, need: int) -> str:
     return load_prompt("reask").substitute(problems=problems, need=str(need))
+
+
+_EXPLORE = ("No strategy has been scored yet: choose candidates that together cover different teams and parameter "
+            "settings, so that the scores tell which teams help.")
+_EXPLOIT = ("Compare within each round what the best strategies did differently from the worst (operators, order, "
+            "parameter values): choose the candidates that keep what the best did and avoid what the worst did.")
+
+
+def build_choice_messages(round_no: int, k: int, catalog: Sequence[OperatorSpec],
+                          history: Sequence[ScoredStrategy], candidates: Sequence[Strategy]) -> list[dict[str, str]]:
+    """System and user message of mode ``choose``: the group relative comparison of the finished rounds and
+    the candidates numbered from 1, to pick ``k`` of."""
+    finished = any(e.round_no < round_no and e.score is not None for e in history)
+    body = "\n".join(f"  id {i} | {_strategy(s)}" for i, s in enumerate(candidates, 1))
+    user = load_prompt("choose").substitute(
+        k=str(k), round_no=str(round_no), teams=teams_for_prompt(catalog), candidates=body,
+        comparison=render_comparison(history, round_no), advice=_EXPLOIT if finished else _EXPLORE)
+    return [{"role": "system", "content": load_prompt("system_choose").template},
+            {"role": "user", "content": user}]

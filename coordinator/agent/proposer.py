@@ -3,12 +3,19 @@ by a model behind an OpenAI-compatible server (backend ``openai``, e.g. ``vllm s
 process on the CPU under a JSON-schema grammar (backend ``local``, default the bundled SmolLM2-135M; see
 :mod:`coordinator.agent.local`). Without a backend named, a ``base_url`` means ``openai``.
 
-Round 1 asks for K diverse strategies from few teams each. Later rounds show the group relative comparison
-of every round so far (rank, score, difference from the round mean, comparison with no processing, what
-the best did differently from the worst) and ask for K new strategies that keep what the best did.
-With ``diverse_starts`` (default) each strategy slot of an answer must begin with an operator from its own
-group (:func:`coordinator.agent.schema.start_groups`, dealt afresh per round and attempt, shown in the
-prompt): the bundled 135M model otherwise often writes one strategy K times in one answer.
+Two modes (``mode``; default ``choose`` for the local backend, ``write`` for a served model):
+
+- ``write``: round 1 asks for K diverse strategies from few teams each. Later rounds show the group relative
+  comparison of every round so far (rank, score, difference from the round mean, comparison with no
+  processing, what the best did differently from the worst) and ask for K new strategies that keep what the
+  best did. With ``diverse_starts`` each strategy slot of an answer must begin with an operator from its own
+  group (:func:`coordinator.agent.schema.start_groups`, dealt afresh per round and attempt, shown in the
+  prompt), so a small model cannot write one strategy K times.
+- ``choose``: the fill proposer (below) builds up to 3 K new candidates (for ``evolutionary``: children of
+  the best strategies so far; random ones in round 1); the model sees the same comparison and the numbered
+  candidates and picks K ids (one short, schema-constrained answer). Measured with the bundled SmolLM2-135M,
+  the strategies it writes score below random search's, so its judgement is used where it cannot make a
+  strategy worse: picking among proposals that are valid and new by construction.
 
 Every answer is untrusted: parsed, repaired and checked against the catalog and the history
 (:mod:`coordinator.agent.repair`). When fewer than K valid new strategies remain the model is asked again
@@ -31,9 +38,9 @@ from typing import Any, Protocol
 from coordinator.agent.client import ChatClient
 from coordinator.agent.errors import AgentConfigError, AgentError
 from coordinator.agent.local import LocalChat  # light: torch and xgrammar load on its first answer
-from coordinator.agent.prompting import PROMPT_VERSION, build_messages, render_reask
-from coordinator.agent.repair import repair_answer
-from coordinator.agent.schema import answer_schema, start_groups
+from coordinator.agent.prompting import PROMPT_VERSION, build_choice_messages, build_messages, render_reask
+from coordinator.agent.repair import repair_answer, repair_choices
+from coordinator.agent.schema import answer_schema, choice_schema, start_groups
 from coordinator.proposers import ScoredStrategy, create_proposer
 from protos.catalog import check_strategy, index_catalog
 from protos.views import OperatorSpec, Strategy
@@ -43,6 +50,8 @@ __all__ = ["ChatBackend", "LLMProposer", "ProposalLog"]
 log = logging.getLogger("autodp.agent")
 _FILL_SEED_SALT = 0x5EED_F111  # the fill's seed is the search's XOR this
 FILLS = ("evolutionary", "random")
+MODES = ("write", "choose")
+MAX_CANDIDATES = 30  # mode choose: candidates shown per round (3 K, bounded: the prompt stays short)
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,9 @@ class ProposalLog:
     filled: int  # strategies the fallback proposer added (``LLMProposer.fill``)
     problems: tuple[str, ...]  # one RepairReport summary per answer
     prompt_version: str = PROMPT_VERSION
+    mode: str = "write"  # write: from_llm strategies the model wrote; choose: candidates the model chose
+    candidates: int = 0  # mode choose: candidates shown
+    picked: tuple[int, ...] = ()  # mode choose: the model's choices, 0-based in the proposer's candidate order
 
 
 class ChatBackend(Protocol):
@@ -76,13 +88,16 @@ class LLMProposer:
                  allow_non_local: bool = False, temperature: float = 0.7, *, max_reasks: int = 2,
                  backoff_s: float = 0.5, max_tokens: int | None = None, backend: str | None = None,
                  model_dir: Path | str | None = None, threads: int | None = None, fill: str = "evolutionary",
-                 diverse_starts: bool = True) -> None:
+                 diverse_starts: bool = False, mode: str | None = None) -> None:
         if max_length < 1 or max_reasks < 0 or not 0.0 <= temperature <= 2.0:
             raise AgentConfigError("agent: max_length must be >= 1, max_reasks >= 0, temperature in [0, 2]")
         if fill not in FILLS:
             raise AgentConfigError(f"agent.fill: one of {', '.join(FILLS)}")
-        self.fill, self.diverse_starts = fill, diverse_starts
         backend = backend or ("openai" if base_url else "local")
+        mode = mode or ("choose" if backend == "local" else "write")
+        if mode not in MODES:
+            raise AgentConfigError(f"agent.mode: one of {', '.join(MODES)}")
+        self.fill, self.diverse_starts, self.mode = fill, diverse_starts, mode
         self.client: ChatBackend
         if backend == "openai":
             if not base_url:
@@ -119,6 +134,8 @@ class LLMProposer:
                 history: Sequence[ScoredStrategy]) -> list[Strategy]:
         if k < 1 or not catalog:
             return []
+        if self.mode == "choose":
+            return self._choose(round_no, k, catalog, history)
         index = index_catalog(catalog)
         seen = {h.strategy.key for h in history}
         chosen: list[Strategy] = []
@@ -170,3 +187,44 @@ class LLMProposer:
         self.last = ProposalLog(round_no=round_no, asked=k, llm_calls=calls, from_llm=from_llm,
                                 filled=len(chosen) - from_llm, problems=tuple(problems))
         return out[:k]
+
+    def _choose(self, round_no: int, k: int, catalog: Sequence[OperatorSpec],
+                history: Sequence[ScoredStrategy]) -> list[Strategy]:
+        """Mode ``choose``: the fill proposer builds up to 3 K new candidates from the history (for
+        ``evolutionary``: children of the best so far), the model picks K of them after the group relative
+        comparison, and candidates it left out fill any shortfall in the proposer's own order. One call; a
+        failing endpoint or an unusable answer means the proposer's order alone."""
+        index = index_catalog(catalog)
+        known = {h.strategy.key for h in history}
+        generator = create_proposer(self.fill, seed=(self.seed ^ _FILL_SEED_SALT), max_length=self.max_length)
+        candidates: list[Strategy] = []
+        for s in generator.propose(round_no, min(MAX_CANDIDATES, 3 * k), catalog, history):
+            if s.key not in known and not check_strategy(s, index, self.max_length):
+                known.add(s.key)
+                candidates.append(s)
+        picked: list[int] = []
+        problems: list[str] = []
+        calls = 0
+        if len(candidates) > k:  # with k or fewer there is nothing to choose
+            calls = 1
+            try:
+                text = self.client.chat_json(build_choice_messages(round_no, k, catalog, history, candidates),
+                                             choice_schema(len(candidates), k), name="choices",
+                                             temperature=self.temperature, max_tokens=self.max_tokens or 64 + 8 * k,
+                                             seed=self.seed * 1_000 + round_no * 10)
+                picked, report = repair_choices(text, len(candidates), k)
+                problems.append(report.summary())
+            except AgentError as e:
+                log.warning("round %d: the meta-agent gave no answer (%s)", round_no, e)
+                problems.append("no answer")
+            log.info("round %d: meta-agent chose %d of %d candidates: %s", round_no, len(picked), len(candidates),
+                     problems[-1])
+        rest = [i for i in range(len(candidates)) if i not in picked]
+        out = [candidates[i] for i in [*picked, *rest][:k]]
+        if len(picked) < k and len(candidates) > k:
+            log.warning("round %d: meta-agent chose %d of %d; the %s proposer's order filled %d", round_no,
+                        len(picked), k, self.fill, len(out) - len(picked))
+        self.last = ProposalLog(round_no=round_no, asked=k, llm_calls=calls, from_llm=len(picked),
+                                filled=len(out) - len(picked), problems=tuple(problems), mode="choose",
+                                candidates=len(candidates), picked=tuple(picked))
+        return out

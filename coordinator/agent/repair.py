@@ -24,11 +24,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from coordinator.agent.schema import ANSWER_KEY
+from coordinator.agent.schema import ANSWER_KEY, CHOICE_KEY
 from protos.catalog import check_strategy
 from protos.views import OperatorCall, OperatorSpec, ParamSpec, ParamType, ParamValue, Strategy
 
-__all__ = ["RepairReport", "extract_strategies", "repair_answer"]
+__all__ = ["RepairReport", "extract_strategies", "repair_answer", "repair_choices"]
 
 _MAX_CANDIDATES = 32  # JSON start positions tried in a reply
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
@@ -45,9 +45,10 @@ class RepairReport:
     offered: int = 0  # strategies found in the answer
     kept: int = 0
     issues: Counter[str] = field(default_factory=Counter)
+    unit: str = "strategies"  # what was offered: "strategies" (mode write) or "choices" (mode choose)
 
     def summary(self, limit: int = 12) -> str:
-        head = f"{self.offered} strategies offered, {self.kept} kept" if self.parsed else "the answer was not JSON"
+        head = f"{self.offered} {self.unit} offered, {self.kept} kept" if self.parsed else "the answer was not JSON"
         rest = [f"{what} x{n}" for what, n in self.issues.most_common(limit)]
         return "; ".join([head, *rest])
 
@@ -231,5 +232,38 @@ def repair_answer(text: str, catalog: Mapping[str, OperatorSpec], max_length: in
             continue
         keys.add(strategy.key)
         out.append(strategy)
+    report.kept = len(out)
+    return out, report
+
+
+def repair_choices(text: str, n_candidates: int, limit: int) -> tuple[list[int], RepairReport]:
+    """Mode ``choose``: at most ``limit`` distinct candidate indices (0-based) from an answer
+    ``{"choices": [id, ...]}`` with ids from 1 (a bare list is taken too), in answer order. Ids out of range,
+    repeated or not whole numbers are counted and skipped; booleans are not ids."""
+    report = RepairReport(unit="choices")
+    raw: list[Any] | None = None
+    for value in _candidates(text):
+        if isinstance(value, dict) and isinstance(value.get(CHOICE_KEY), list):
+            raw = value[CHOICE_KEY]
+            break
+        if isinstance(value, list) and raw is None:
+            raw = value
+    if raw is None:
+        return [], report
+    report.parsed, report.offered = True, len(raw)
+    out: list[int] = []
+    for item in raw[: 4 * limit + 8]:  # bounded work on a junk list
+        if len(out) == limit:
+            report.issues[f"more choices than the {limit} asked, extra ignored"] += 1
+            break
+        number = _number(item)
+        if number is None or not math.isfinite(number) or number != int(number):
+            report.issues["choice not a candidate id"] += 1
+        elif not 1 <= number <= n_candidates:
+            report.issues["choice out of range"] += 1
+        elif int(number) - 1 in out:
+            report.issues["candidate chosen twice"] += 1
+        else:
+            out.append(int(number) - 1)
     report.kept = len(out)
     return out, report

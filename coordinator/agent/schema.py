@@ -25,9 +25,11 @@ from typing import Any
 
 from protos.views import OperatorSpec, ParamSpec, Team
 
-__all__ = ["ANSWER_KEY", "answer_schema", "catalog_for_prompt", "operator_schema", "start_groups"]
+__all__ = ["ANSWER_KEY", "CHOICE_KEY", "answer_schema", "catalog_for_prompt", "choice_schema", "operator_schema",
+           "start_groups", "teams_for_prompt"]
 
 ANSWER_KEY = "strategies"
+CHOICE_KEY = "choices"
 
 
 def _param_schema(spec: ParamSpec) -> dict[str, Any]:
@@ -90,6 +92,29 @@ def answer_schema(catalog: Sequence[OperatorSpec], k: int, max_length: int,
         "required": [ANSWER_KEY],
         "additionalProperties": False,
     }
+
+
+def choice_schema(n_candidates: int, k: int) -> dict[str, Any]:
+    """The ``choose`` mode's answer: ``{"choices": [id, ...]}``, exactly ``k`` candidate ids in 1..n."""
+    if not 1 <= k <= n_candidates:
+        raise ValueError("a choice needs 1 <= k <= the number of candidates")
+    ids = {"type": "integer", "minimum": 1, "maximum": n_candidates}
+    return {
+        "type": "object",
+        "properties": {CHOICE_KEY: {"type": "array", "minItems": k, "maxItems": k, "items": ids}},
+        "required": [CHOICE_KEY],
+        "additionalProperties": False,
+    }
+
+
+def teams_for_prompt(catalog: Sequence[OperatorSpec]) -> str:
+    """One line per team with its operators' names (the ``choose`` prompt shows strategies, not parameters)."""
+    lines = []
+    for team in Team:
+        names = sorted(s.name for s in catalog if s.team is team)
+        if names:
+            lines.append(f"{team.value}: {', '.join(names)}")
+    return "\n".join(lines)
 
 
 def catalog_for_prompt(catalog: Sequence[OperatorSpec]) -> str:

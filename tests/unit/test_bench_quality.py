@@ -112,9 +112,13 @@ def test_the_meta_agent_searches_at_the_same_budget_and_its_log_is_kept(bench: M
     assert run.origins.count("model") == sum(e.from_llm or 0 for e in run.rounds)
     assert set(run.origins) <= {"model", "fill"} and len(run.origins) == 6
     summary = bench.llm_summary([run], 2)
+    assert summary["mode"] == "choose"  # the local backend's default: the model picks among candidates
+    assert summary["choice_calls"] == sum(e.llm_calls or 0 for e in run.rounds) == 2
+    assert 0 <= summary["choices_first_k"] <= 2 and 1 <= summary["choice_rank_mean"] <= 9
     assert summary["searches"] == 1 and summary["from_llm"] + summary["filled"] == 6
     assert [p["proposed"] for p in summary["per_round"]] == [3, 3]
-    assert dict(summary["problems"]).get("strategies offered", 0) >= summary["from_llm"]
+    offered = dict(summary["problems"])
+    assert offered.get("strategies offered", 0) + offered.get("choices offered", 0) >= summary["from_llm"]
     assert summary["pick_origins"] == [run.origins[run.best_index()]]
     for r in sites.values():
         r.close()

@@ -17,8 +17,10 @@ from coordinator.agent import (
     LLMProposer,
     answer_schema,
     build_messages,
+    choice_schema,
     render_comparison,
     repair_answer,
+    repair_choices,
     start_groups,
 )
 from coordinator.proposers import ScoredStrategy, create_proposer
@@ -109,7 +111,7 @@ def test_diverse_starts_give_each_strategy_its_own_first_operators_in_schema_and
         server: FakeOpenAIServer) -> None:
     server.handler = scripted(answer([step("exact_dedup")], [step("diversity_select", keep_ratio=0.3)],
                                      [step("length_filter", min_len=20)]))
-    out = proposer(server, seed=4).propose(2, 3, CATALOG, [])  # default: diverse starts
+    out = proposer(server, seed=4, diverse_starts=True).propose(2, 3, CATALOG, [])
     assert_valid(out)
     [body] = server.posted()
     groups = start_groups(CATALOG, 3, 4 * 1_000 + 2 * 10)
@@ -357,3 +359,61 @@ def test_an_unknown_fill_is_a_setting_error(server: FakeOpenAIServer) -> None:
     with pytest.raises(AgentConfigError, match="agent.fill"):
         proposer(server, fill="genetic")
     assert proposer(server).fill == "evolutionary"
+
+
+# ---- mode choose: the model picks K of the fill proposer's candidates ----
+
+def _history() -> list[ScoredStrategy]:
+    return [ScoredStrategy(1, Strategy(calls=(OperatorCall.of("length_filter", min_len=50),)), 0.2),
+            ScoredStrategy(1, Strategy(calls=(OperatorCall.of("exact_dedup"),)), -0.1),
+            ScoredStrategy(1, Strategy(calls=(OperatorCall.of("diversity_select", keep_ratio=0.4),)), 0.05)]
+
+
+def test_choose_mode_takes_the_models_picks_first_and_fills_from_the_candidate_order(
+        server: FakeOpenAIServer) -> None:
+    server.handler = scripted(json.dumps({"choices": [5, 2, 5, 99]}))  # a repeat and an id out of range
+    p = proposer(server, mode="choose", seed=3)
+    history = _history()
+    out = p.propose(2, 3, CATALOG, history)
+    assert_valid(out, history)
+    assert p.last is not None and p.last.mode == "choose" and p.last.llm_calls == 1
+    assert (p.last.from_llm, p.last.filled, p.last.picked) == (2, 1, (4, 1))
+    assert "candidate chosen twice x1" in p.last.problems[0] and "choice out of range x1" in p.last.problems[0]
+    [body] = server.posted()
+    n = p.last.candidates
+    assert 3 < n <= 9 and body["guided_json"] == choice_schema(n, 3)
+    prompt = last_user_message(body)
+    assert "rank 1 | id r1.1 | score +0.2000" in prompt and f"  id {n} | " in prompt and "Choose 3 of" in prompt
+    candidates = [Strategy(calls=tuple(OperatorCall.of(c["op"], **c["params"])
+                                       for c in json.loads(line.split(" | ", 1)[1])))
+                  for line in prompt.splitlines() if line.startswith("  id ") and " | [" in line]
+    assert [s.key for s in candidates] and len(candidates) == n
+    assert [s.key for s in out] == [candidates[4].key, candidates[1].key, candidates[0].key]
+
+
+def test_choose_mode_without_an_answer_is_the_candidate_order(server: FakeOpenAIServer) -> None:
+    p = proposer(server, mode="choose", max_retries=0)
+    server.stop()
+    out = p.propose(2, 3, CATALOG, _history())
+    assert len(out) == 3 and p.last is not None and (p.last.from_llm, p.last.filled) == (0, 3)
+    assert p.last.problems == ("no answer",)
+    assert_valid(out, _history())
+
+
+def test_repair_choices_takes_distinct_ids_in_range_and_counts_the_rest() -> None:
+    assert repair_choices('{"choices": [2, 1]}', 4, 2)[0] == [1, 0]
+    got, report = repair_choices('noise {"choices": [true, 1.5, "3", 3, 0, NaN, 1e400, 4, 1]} tail', 4, 2)
+    assert got == [2, 3] and report.kept == 2 and report.offered == 9
+    assert report.issues["choice not a candidate id"] == 4 and report.issues["candidate chosen twice"] == 1
+    assert report.issues["choice out of range"] == 1 and report.summary().startswith("9 choices offered, 2 kept")
+    assert repair_choices("[1, 2]", 2, 2)[0] == [0, 1]
+    assert repair_choices("not json", 3, 1) == ([], repair_choices("", 3, 1)[1])
+    with pytest.raises(ValueError):
+        choice_schema(2, 3)
+
+
+def test_the_mode_defaults_to_choose_on_the_local_backend_and_write_on_a_server(server: FakeOpenAIServer) -> None:
+    assert proposer(server).mode == "write"
+    assert LLMProposer(seed=0).mode == "choose"  # local: nothing is loaded before the first answer
+    with pytest.raises(AgentConfigError, match="agent.mode"):
+        proposer(server, mode="guess")

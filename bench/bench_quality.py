@@ -519,7 +519,7 @@ def _limits(report: Mapping[str, Any]) -> list[str]:
                        "mode's time limit does not hold more. Its means are over fewer searches; the pairwise win "
                        "rates compare the same seeds only.")
         if llm["llm_share"] is not None:
-            issues = [(what, n) for what, n in llm["problems"] if not what.startswith("strategies ")]
+            issues = [(what, n) for what, n in llm["problems"] if not what.startswith(("strategies ", "choices "))]
             top = f" (the repair step's most common finding: '{issues[0][0]}', {issues[0][1]} times)" if issues else ""
             picks = llm["pick_origins"]
             if llm.get("mode") == "choose":

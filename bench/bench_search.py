@@ -41,8 +41,8 @@ One run, in process (no gRPC), on a site of the PyCMeKG benchmark built into a t
 Writes ``search_<mode>.json``, ``search_<mode>.md`` (command, machine, date, goals met or not) and
 ``ground_truth_<mode>.json`` under ``--out``. Prints counts, times, scores and ratios only.
 
-    .venv/bin/python bench/bench_search.py --mode quick    # 6-10 min on a shared 2-core box (make bench-quick)
-    .venv/bin/python bench/bench_search.py --mode full     # 2000 rows, 48 strategies: ~22 min there (make bench)
+    .venv/bin/python bench/bench_search.py --mode quick    # 1-3 min on a shared 2-core box (make bench-quick)
+    .venv/bin/python bench/bench_search.py --mode full     # 2000 rows, 48 strategies: ~4-5 min there (make bench)
     .venv/bin/python bench/bench_search.py --evaluator lora --lora-steps 10   # LoRA scores: a training per task;
                                                            # hours on CPU for the 130 exhaustive tasks alone
 
@@ -133,13 +133,16 @@ class Mode:
     llm_rows: int = 200  # rows of the model-bound ablation (0: skip it)
 
 
-# Measured 2026-12-02 with the model-bound section, other benchmarks running beside (load average 3-18).
-_FULL_TIME = "22 min (1322 s) on the shared 2-core development box at load average 3-18"
+# Measured 2026-12-02 after the cost-aware prefix cache and the 4096-position stand-in LLM (with which the
+# model-bound section runs ~2.5x faster; the 512-position one ran past its positions); before them: 22 min
+# (1322 s) at load average 3-18.
+_FULL_TIME = "~4-5 min (258 s, 274 s) on the shared 2-core development box at load average 1"
 
 
 MODES = {
     "quick": Mode(pairs=1800, sites=3, eval_per_site=50, rounds=4, k=6, exhaustive_rows=150, check_lossless=False,
-                  run_time="6-10 min on the shared 2-core development box (589 s at load average 4-9)",
+                  run_time="1-3 min on the shared 2-core development box (64 s at load average 1, 154 s beside "
+                           "other work)",
                   llm_rows=200),
     "full": Mode(pairs=6000, sites=3, eval_per_site=100, rounds=6, k=8, exhaustive_rows=600, check_lossless=True,
                  run_time=_FULL_TIME, llm_rows=600),

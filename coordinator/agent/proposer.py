@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,7 +41,7 @@ from coordinator.agent.local import LocalChat  # light: torch and xgrammar load 
 from coordinator.agent.prompting import PROMPT_VERSION, build_choice_messages, build_messages, render_reask
 from coordinator.agent.repair import repair_answer, repair_choices
 from coordinator.agent.schema import answer_schema, choice_schema, start_groups
-from coordinator.proposers import ScoredStrategy, create_proposer
+from coordinator.proposers import Proposer, ScoredStrategy, create_proposer
 from protos.catalog import check_strategy, index_catalog
 from protos.views import OperatorSpec, Strategy
 
@@ -125,6 +125,23 @@ class LLMProposer:
     def close(self) -> None:
         self.client.close()
 
+    def _fallback(self) -> Proposer:
+        """The seeded proposer behind the model (``fill``): it completes a short ``write`` round and builds the
+        ``choose`` candidates. Its own stream: with the search's seed it would draw what the baseline of that
+        seed draws, and the two proposers' picks could coincide by construction."""
+        return create_proposer(self.fill, seed=self.seed ^ _FILL_SEED_SALT, max_length=self.max_length)
+
+    def _new_valid(self, strategies: Sequence[Strategy], index: Mapping[str, OperatorSpec],
+                   history: Sequence[ScoredStrategy]) -> list[Strategy]:
+        """``strategies`` that pass the catalog check and are neither evaluated before nor repeated, in order."""
+        known = {h.strategy.key for h in history}
+        out: list[Strategy] = []
+        for s in strategies:
+            if s.key not in known and not check_strategy(s, index, self.max_length):
+                known.add(s.key)
+                out.append(s)
+        return out
+
     def _tokens(self, k: int) -> int:
         # room for k strategies of max_length steps (~100 tokens a step) plus some slack; bounded so a
         # small served context is not overrun
@@ -169,21 +186,12 @@ class LLMProposer:
             log.info("round %d: meta-agent answer %d: %s", round_no, attempt + 1, problems[-1])
         from_llm = len(chosen)
         if len(chosen) < k:
-            # Its own stream: with the search's seed the fill would draw what the baseline of that seed
-            # draws, and the two proposers' picks could coincide by construction.
-            filler = create_proposer(self.fill, seed=self.seed ^ _FILL_SEED_SALT, max_length=self.max_length)
             known = [*history, *(ScoredStrategy(round_no, s, None) for s in chosen)]
-            chosen += filler.propose(round_no, k - len(chosen), catalog, known)
+            chosen += self._fallback().propose(round_no, k - len(chosen), catalog, known)
             log.warning("round %d: meta-agent gave %d of %d valid new strategies; the %s proposer filled %d",
                         round_no, from_llm, k, self.fill, len(chosen) - from_llm)
         # the last gate: nothing invalid or already seen leaves here, whatever happened above
-        history_keys = {h.strategy.key for h in history}
-        out: list[Strategy] = []
-        for s in chosen:
-            if s.key in history_keys or check_strategy(s, index, self.max_length):
-                continue
-            history_keys.add(s.key)
-            out.append(s)
+        out = self._new_valid(chosen, index, history)
         self.last = ProposalLog(round_no=round_no, asked=k, llm_calls=calls, from_llm=from_llm,
                                 filled=len(chosen) - from_llm, problems=tuple(problems))
         return out[:k]
@@ -194,14 +202,8 @@ class LLMProposer:
         ``evolutionary``: children of the best so far), the model picks K of them after the group relative
         comparison, and candidates it left out fill any shortfall in the proposer's own order. One call; a
         failing endpoint or an unusable answer means the proposer's order alone."""
-        index = index_catalog(catalog)
-        known = {h.strategy.key for h in history}
-        generator = create_proposer(self.fill, seed=(self.seed ^ _FILL_SEED_SALT), max_length=self.max_length)
-        candidates: list[Strategy] = []
-        for s in generator.propose(round_no, min(MAX_CANDIDATES, 3 * k), catalog, history):
-            if s.key not in known and not check_strategy(s, index, self.max_length):
-                known.add(s.key)
-                candidates.append(s)
+        proposed = self._fallback().propose(round_no, min(MAX_CANDIDATES, 3 * k), catalog, history)
+        candidates = self._new_valid(proposed, index_catalog(catalog), history)
         picked: list[int] = []
         problems: list[str] = []
         calls = 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 from coordinator.agent.client import ChatClient, check_local_url
 from coordinator.agent.errors import AgentConfigError, AgentError
 from coordinator.agent.local import LocalChat
-from coordinator.agent.prompting import PROMPT_VERSION, build_messages, render_comparison
+from coordinator.agent.prompting import PROMPT_VERSION, build_choice_messages, build_messages, render_comparison
 from coordinator.agent.proposer import LLMProposer, ProposalLog
 from coordinator.agent.repair import RepairReport, repair_answer, repair_choices
 from coordinator.agent.schema import answer_schema, catalog_for_prompt, choice_schema, start_groups
@@ -27,6 +27,7 @@ __all__ = [
     "ProposalLog",
     "RepairReport",
     "answer_schema",
+    "build_choice_messages",
     "build_messages",
     "catalog_for_prompt",
     "choice_schema",

@@ -146,20 +146,16 @@ def render_reask(problems: str, need: int) -> str:
     return load_prompt("reask").substitute(problems=problems, need=str(need))
 
 
-_EXPLORE = ("No strategy has been scored yet: choose candidates that together cover different teams and parameter "
-            "settings, so that the scores tell which teams help.")
-_EXPLOIT = ("Compare within each round what the best strategies did differently from the worst (operators, order, "
-            "parameter values): choose the candidates that keep what the best did and avoid what the worst did.")
-
-
 def build_choice_messages(round_no: int, k: int, catalog: Sequence[OperatorSpec],
                           history: Sequence[ScoredStrategy], candidates: Sequence[Strategy]) -> list[dict[str, str]]:
-    """System and user message of mode ``choose``: the group relative comparison of the finished rounds and
-    the candidates numbered from 1, to pick ``k`` of."""
+    """System and user message of mode ``choose``: the candidates numbered from 1, to pick ``k`` of, after
+    the group relative comparison of the finished rounds (none in the first round's prompt)."""
     finished = any(e.round_no < round_no and e.score is not None for e in history)
-    body = "\n".join(f"  id {i} | {_strategy(s)}" for i, s in enumerate(candidates, 1))
-    user = load_prompt("choose").substitute(
-        k=str(k), round_no=str(round_no), teams=teams_for_prompt(catalog), candidates=body,
-        comparison=render_comparison(history, round_no), advice=_EXPLOIT if finished else _EXPLORE)
+    fields = {"k": str(k), "round_no": str(round_no), "teams": teams_for_prompt(catalog),
+              "candidates": "\n".join(f"  id {i} | {_strategy(s)}" for i, s in enumerate(candidates, 1))}
+    if finished:
+        user = load_prompt("choose_refine").substitute(fields, comparison=render_comparison(history, round_no))
+    else:
+        user = load_prompt("choose_round1").substitute(fields)
     return [{"role": "system", "content": load_prompt("system_choose").template},
             {"role": "user", "content": user}]

@@ -16,6 +16,7 @@ from coordinator.agent import (
     AgentConfigError,
     LLMProposer,
     answer_schema,
+    build_choice_messages,
     build_messages,
     choice_schema,
     render_comparison,
@@ -417,3 +418,13 @@ def test_the_mode_defaults_to_choose_on_the_local_backend_and_write_on_a_server(
     assert LLMProposer(seed=0).mode == "choose"  # local: nothing is loaded before the first answer
     with pytest.raises(AgentConfigError, match="agent.mode"):
         proposer(server, mode="guess")
+
+
+def test_the_first_choose_prompt_explores_and_shows_no_results() -> None:
+    candidates = [Strategy(calls=(OperatorCall.of(op),)) for op in ("exact_dedup", "length_filter")]
+    system, user = build_choice_messages(1, 1, CATALOG, [], candidates)
+    assert '{"choices": [ID, ...]}' in system["content"]
+    assert "for the first round" in user["content"] and "Results so far" not in user["content"]
+    assert "cleaning: exact_dedup, length_filter" in user["content"] and "  id 2 | " in user["content"]
+    _, later = build_choice_messages(2, 1, CATALOG, _history(), candidates)
+    assert "Results so far" in later["content"] and "keep what the best did" in later["content"]

@@ -132,7 +132,8 @@ def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeo
     logs.mkdir()
     coordinator = start_coordinator(coord_cfg, logs, command="search")
     procs = {site: start_site(workdir, site, logs) for site in site_ids}
-    agent = "the bundled SmolLM2-135M meta-agent on this CPU" if proposer == "llm" else f"proposer '{proposer}'"
+    agent = ("the bundled SmolLM2-135M meta-agent on this CPU (it picks each round's strategies among candidates "
+             "bred from the best so far)" if proposer == "llm" else f"proposer '{proposer}'")
     console.print(f"[bold]3.[/bold] Started the coordinator and {len(site_ids)} site agents as separate "
                   f"processes on 127.0.0.1:{port}: up to {rounds} rounds x {k} strategies by {agent}"
                   + (f", then {', '.join(baselines)} on the same budget" if baselines else "")

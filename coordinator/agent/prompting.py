@@ -123,23 +123,34 @@ def _starts(starts: Sequence[Sequence[str]] | None) -> str:
     return f"\n{head}\n{body}\n"
 
 
+def _finished(history: Sequence[ScoredStrategy], round_no: int) -> bool:
+    """Some round before ``round_no`` has a score: the prompt shows the group relative comparison."""
+    return any(e.round_no < round_no and e.score is not None for e in history)
+
+
+def _messages(system: str, first: str, refine: str, fields: dict[str, str], history: Sequence[ScoredStrategy],
+              round_no: int) -> list[dict[str, str]]:
+    """The system template as is and a user message: template ``first`` filled with ``fields`` until some
+    earlier round has a score, then ``refine`` with the group relative comparison as well."""
+    if _finished(history, round_no):
+        user = load_prompt(refine).substitute(fields, comparison=render_comparison(history, round_no))
+    else:
+        user = load_prompt(first).substitute(fields)
+    return [{"role": "system", "content": load_prompt(system).template}, {"role": "user", "content": user}]
+
+
 def build_messages(round_no: int, k: int, max_length: int, catalog: Sequence[OperatorSpec],
                    history: Sequence[ScoredStrategy],
                    starts: Sequence[Sequence[str]] | None = None) -> list[dict[str, str]]:
     """System and user message: the first-round prompt until some earlier round has a score, then the
     refine prompt with the group relative comparison. ``starts``: the first-step groups the answer schema
     imposes (:func:`coordinator.agent.schema.start_groups`), shown so the text and the grammar agree."""
-    finished = any(e.round_no < round_no and e.score is not None for e in history)
+    finished = _finished(history, round_no)
     # Without a finished round there is no comparison to show them in: list every earlier proposal.
     pending = [e for e in history if e.round_no >= round_no or not finished]
     fields = {"k": str(k), "max_length": str(max_length), "round_no": str(round_no),
               "catalog": catalog_for_prompt(catalog), "chosen": _chosen(pending), "starts": _starts(starts)}
-    if finished:
-        user = load_prompt("refine").substitute(fields, comparison=render_comparison(history, round_no))
-    else:
-        user = load_prompt("round1").substitute(fields)
-    return [{"role": "system", "content": load_prompt("system").template},
-            {"role": "user", "content": user}]
+    return _messages("system", "round1", "refine", fields, history, round_no)
 
 
 def render_reask(problems: str, need: int) -> str:
@@ -150,12 +161,6 @@ def build_choice_messages(round_no: int, k: int, catalog: Sequence[OperatorSpec]
                           history: Sequence[ScoredStrategy], candidates: Sequence[Strategy]) -> list[dict[str, str]]:
     """System and user message of mode ``choose``: the candidates numbered from 1, to pick ``k`` of, after
     the group relative comparison of the finished rounds (none in the first round's prompt)."""
-    finished = any(e.round_no < round_no and e.score is not None for e in history)
     fields = {"k": str(k), "round_no": str(round_no), "teams": teams_for_prompt(catalog),
               "candidates": "\n".join(f"  id {i} | {_strategy(s)}" for i, s in enumerate(candidates, 1))}
-    if finished:
-        user = load_prompt("choose_refine").substitute(fields, comparison=render_comparison(history, round_no))
-    else:
-        user = load_prompt("choose_round1").substitute(fields)
-    return [{"role": "system", "content": load_prompt("system_choose").template},
-            {"role": "user", "content": user}]
+    return _messages("system_choose", "choose_round1", "choose_refine", fields, history, round_no)

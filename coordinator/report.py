@@ -2,6 +2,10 @@
 (mean weighted by each site's declared size bucket), per round, and per site totals of time spent, time
 saved and epsilon spent. Written as JSON at the end of a search (and after every round).
 
+With the LLM meta-agent, each round also records how it was proposed (``proposal``: calls to the model, how
+many strategies it gave, how many the seeded fill added, repair summaries; counts only) and each strategy
+its ``origin``: ``model`` or ``fill``; both are null for the other proposers.
+
 Time saved is partly measured and partly estimated, and the record says which: the cache's saving is what
 the reused steps took when they ran (measured at the site); what sampling (DPS) and screening (PTS) saved
 is estimated by scaling the measured time to the whole data set, assuming cost linear in rows.
@@ -10,11 +14,12 @@ is estimated by scaling the measured time to the whole data set, assuming cost l
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from coordinator.store import Store, TaskState
+from coordinator.store import Origin, RoundProposal, Store, TaskState
 from protos.files import write_text_atomic
 from protos.views import ResultReport, Strategy, TaskStatus
 
@@ -68,12 +73,13 @@ class StrategyOutcome:
     strategy: Strategy
     sites: tuple[SiteResult, ...]
     aggregate: float | None  # size-weighted mean of OK scores; None when no site answered OK
+    origin: Origin | None = None  # meta-agent rounds: the model's or the fill's; None: other proposers, unknown
 
     def to_json(self) -> dict[str, Any]:
         return {
             "round": self.round_no, "index": self.index, "key": self.strategy.key,
             "strategy": self.strategy.describe(), "calls": self.strategy.canonical(),
-            "aggregate_score": self.aggregate,
+            "aggregate_score": self.aggregate, "origin": self.origin,
             "sites": {s.site_id: s.to_json() for s in self.sites},
         }
 
@@ -86,6 +92,7 @@ class SearchOutcome:
     reason: str = ""
     notes: tuple[str, ...] = field(default=())
     proposer: str = ""
+    proposals: Mapping[int, RoundProposal] = field(default_factory=dict)  # round -> how the meta-agent proposed
 
     def with_reason(self, reason: str) -> SearchOutcome:
         return replace(self, reason=reason)
@@ -128,7 +135,8 @@ class SearchOutcome:
                 best_so_far = best
             out.append({"round": round_no, "proposed": sum(o.round_no == round_no for o in self.strategies),
                         "evaluated": len(scores), "best": best,
-                        "mean": sum(scores) / len(scores) if scores else None, "best_so_far": best_so_far})
+                        "mean": sum(scores) / len(scores) if scores else None, "best_so_far": best_so_far,
+                        "proposal": proposal.summary() if (proposal := self.proposals.get(round_no)) else None})
         return out
 
     def per_site(self) -> dict[str, dict[str, Any]]:
@@ -184,7 +192,9 @@ def build_outcome(store: Store, search_id: str) -> SearchOutcome:
     tasks = store.tasks_for_search(search_id)
     outcomes: list[StrategyOutcome] = []
     notes: list[str] = []
+    proposals = store.get_round_proposals(search_id)
     for round_no, strategies in store.get_rounds(search_id):
+        origins = proposals[round_no].origins if round_no in proposals else ()
         for index, strategy in enumerate(strategies):
             mine = [(rec, res) for rec, res in tasks
                     if rec.round_no == round_no and rec.task.strategy.key == strategy.key]
@@ -192,13 +202,14 @@ def build_outcome(store: Store, search_id: str) -> SearchOutcome:
             ok = [(weights.get(s.site_id, 1.0), s.score) for s in sites if s.ok and s.score is not None]
             total = sum(w for w, _ in ok)
             aggregate = sum(w * v for w, v in ok) / total if ok and total > 0 else None
-            outcomes.append(StrategyOutcome(round_no, index, strategy, sites, aggregate))
+            origin = origins[index] if index < len(origins) else None
+            outcomes.append(StrategyOutcome(round_no, index, strategy, sites, aggregate, origin))
             for s in sites:
                 if s.status is None:
                     notes.append(f"round {round_no} strategy {index}: site {s.site_id} did not answer ({s.state})")
     site_ids = tuple(sorted({rec.site_id for rec, _ in tasks}))
     return SearchOutcome(search_id, tuple(outcomes), site_ids, notes=tuple(notes),
-                         proposer=_proposer_of(store, search_id))
+                         proposer=_proposer_of(store, search_id), proposals=proposals)
 
 
 def _site_result(site_id: str, state: TaskState, failure: str | None, res: ResultReport | None) -> SiteResult:

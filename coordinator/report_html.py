@@ -287,6 +287,13 @@ def _header(report: Report) -> str:
             ("sites", ", ".join(f"<code>{_esc(s)}</code>" for s in _sites(report)) or "none"),
             ("best overall", (f"<code>{_esc(best.get('strategy'))}</code> — aggregate score "
                               f"<b>{_score(best.get('aggregate_score'))}</b>") if best else "no strategy scored")]
+    proposals = [_map(_map(r).get("proposal")) for r in _list(report.get("rounds"))]
+    if any(proposals):
+        model = sum(_num(p.get("kept_from_model")) or 0.0 for p in proposals)
+        fill = sum(_num(p.get("kept_from_fill")) or 0.0 for p in proposals)
+        modes = sorted({_text(p.get("mode"), "?") for p in proposals if p})
+        rows.append(("meta-agent", f"{model:.0f} strateg{'y' if model == 1 else 'ies'} from the model, {fill:.0f} "
+                     f"from the fill proposer (mode {_esc(', '.join(modes))})"))
     for site, entry in _map(report.get("best_per_site")).items():
         e = _map(entry)
         found = f"<code>{_esc(e.get('strategy'))}</code> — score <b>{_score(e.get('score'))}</b>"
@@ -304,6 +311,8 @@ def _table(report: Report) -> str:
         return '<p class="muted">no strategy evaluated</p>'
     best_key = _map(report.get("best")).get("key")
     head = "".join(f"<th>{_esc(s)}</th>" for s in sites)
+    # meta-agent searches only: which strategy the model gave and which the fill proposer added
+    origins = any(s.get("origin") is not None for s in strategies)
     rows = []
     for s in strategies:
         cells = []
@@ -316,10 +325,12 @@ def _table(report: Report) -> str:
             else:
                 cells.append(f'<td class="fail">{_esc(e.get("status") or e.get("state"), "no answer")}</td>')
         best = ' class="best"' if best_key is not None and s.get("key") == best_key else ""
+        origin = f"<td>{_esc(s.get('origin'), '—')}</td>" if origins else ""
         rows.append(f"<tr{best}><td class=\"num\">{_esc(s.get('round'))}</td><td class=\"num\">{_esc(s.get('index'))}"
-                    f"</td><td><code>{_esc(s.get('strategy'))}</code></td>"
+                    f"</td><td><code>{_esc(s.get('strategy'))}</code></td>{origin}"
                     f"<td class=\"num\">{_score(s.get('aggregate_score'))}</td>{''.join(cells)}</tr>")
-    return ("<table><thead><tr><th>round</th><th>#</th><th>strategy</th><th>aggregate</th>"
+    origin_head = '<th title="from model / fill">origin</th>' if origins else ""
+    return (f"<table><thead><tr><th>round</th><th>#</th><th>strategy</th>{origin_head}<th>aggregate</th>"
             f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 

@@ -13,14 +13,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from coordinator.config import SearchConfig
 from coordinator.proposers import Proposer, ScoredStrategy, create_proposer
 from coordinator.report import SearchOutcome, build_outcome
 from coordinator.service import CoordinatorService
-from coordinator.store import SearchState, SiteRecord, TaskState
+from coordinator.store import Origin, RoundProposal, SearchState, SiteRecord, TaskState
 from protos.catalog import check_strategy, index_catalog
 from protos.views import OperatorSpec, Strategy, Task
+
+if TYPE_CHECKING:
+    from coordinator.agent.proposer import ProposalLog
 
 __all__ = ["ProgressFn", "RoundFn", "baseline_configs", "common_catalog", "run_search", "task_id_for"]
 
@@ -60,24 +64,65 @@ def _wait_for_sites(service: CoordinatorService, cfg: SearchConfig, stop: thread
     return []
 
 
+def _log_of(proposer: Proposer, before: object, round_no: int) -> ProposalLog | None:
+    """The meta-agent's log of the ``propose`` call just made: a fresh ``ProposalLog`` of this round on
+    ``proposer.last`` (None for the other proposers, and for a call that left ``last`` as it was)."""
+    last = getattr(proposer, "last", None)
+    if last is None or last is before:
+        return None
+    from coordinator.agent.proposer import ProposalLog  # already loaded whenever a proposer keeps one
+
+    return last if isinstance(last, ProposalLog) and last.round_no == round_no else None
+
+
+def _round_proposal(logs: Sequence[ProposalLog], chosen: Sequence[Strategy],
+                    origins: dict[str, Origin | None]) -> RoundProposal | None:
+    """The round's logs summed into one record; ``origins`` of the strategies finally kept."""
+    if not logs:
+        return None
+    problems = [p for log_ in logs for p in log_.problems]
+    return RoundProposal(mode="choose" if logs[-1].mode == "choose" else "write",
+                         prompt_version=logs[-1].prompt_version[:64], propose_calls=len(logs),
+                         llm_calls=sum(x.llm_calls for x in logs), asked=sum(x.asked for x in logs),
+                         from_llm=sum(x.from_llm for x in logs), filled=sum(x.filled for x in logs),
+                         candidates=sum(x.candidates for x in logs),
+                         problems=RoundProposal.bound_problems(problems),
+                         origins=tuple(origins.get(s.key) for s in chosen))
+
+
 def _propose_valid(proposer: Proposer, round_no: int, cfg: SearchConfig, sites: Sequence[SiteRecord],
-                   history: Sequence[ScoredStrategy]) -> list[Strategy]:
-    """Ask, drop what no site could run or what was already evaluated, ask again (bounded)."""
+                   history: Sequence[ScoredStrategy]) -> tuple[list[Strategy], RoundProposal | None]:
+    """Ask, drop what no site could run or what was already evaluated, ask again (bounded). With the
+    meta-agent, also how the round was proposed (its logs of the calls, and where each kept strategy came
+    from); None for the other proposers."""
     catalog = common_catalog(sites)
     catalogs = [index_catalog(s.catalog) for s in sites]
     seen = {h.strategy.key for h in history}
     chosen: list[Strategy] = []
+    logs: list[ProposalLog] = []
+    origins: dict[str, Origin | None] = {}
     for _attempt in range(5):
         need = cfg.strategies_per_round - len(chosen)
         if need <= 0:
             break
         known = list(history) + [ScoredStrategy(round_no, s, None) for s in chosen]
-        for s in proposer.propose(round_no, need, catalog, known):
+        before = getattr(proposer, "last", None)
+        proposed = proposer.propose(round_no, need, catalog, known)
+        log_ = _log_of(proposer, before, round_no)
+        if log_ is not None:
+            logs.append(log_)
+            model_keys = set(log_.from_model_keys)
+            # an older log without keys cannot tell the two apart unless the model gave nothing
+            told = bool(model_keys) or log_.from_llm == 0
+            for s in proposed:
+                origins.setdefault(s.key, "model" if s.key in model_keys else "fill" if told else None)
+        for s in proposed:
             if s.key in seen or any(check_strategy(s, c, cfg.max_strategy_length) for c in catalogs):
                 continue
             seen.add(s.key)
             chosen.append(s)
-    return chosen[: cfg.strategies_per_round]
+    chosen = chosen[: cfg.strategies_per_round]
+    return chosen, _round_proposal(logs, chosen, origins)
 
 
 def _enqueue_round(service: CoordinatorService, cfg: SearchConfig, round_no: int,
@@ -162,10 +207,10 @@ def _loop(service: CoordinatorService, cfg: SearchConfig, stop: threading.Event,
         sites = [s for s in store.list_sites() if s.catalog] or sites
         strategies = existing.get(round_no)
         if strategies is None:
-            strategies = _propose_valid(proposer, round_no, cfg, sites, history)
+            strategies, proposal = _propose_valid(proposer, round_no, cfg, sites, history)
             if not strategies:
                 return f"round {round_no}: no new valid strategy could be proposed"
-            store.add_round(cfg.search_id, round_no, strategies)
+            store.add_round(cfg.search_id, round_no, strategies, proposal)
         _enqueue_round(service, cfg, round_no, strategies, sites)
         _wait_round(service, cfg, round_no, stop, progress)
         so_far = build_outcome(store, cfg.search_id)

@@ -24,6 +24,7 @@ from coordinator.errors import StoreError
 from coordinator.store import (
     FAILURE_DEADLINE,
     FAILURE_LEASE_EXPIRED,
+    RoundProposal,
     SearchRecord,
     SearchState,
     SiteRecord,
@@ -37,7 +38,7 @@ from protos.views import Hello, OperatorSpec, ResultReport, SizeBucket, Strategy
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: rounds.proposal (how the meta-agent proposed the round, JSON)
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _BUSY_TIMEOUT_MS = 10_000
 _SCHEMA = """
@@ -47,7 +48,8 @@ CREATE TABLE sites (
 CREATE TABLE searches (
     search_id TEXT PRIMARY KEY, config_json TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL,
     created REAL NOT NULL);
-CREATE TABLE rounds (search_id TEXT NOT NULL, round_no INTEGER NOT NULL, PRIMARY KEY (search_id, round_no));
+CREATE TABLE rounds (
+    search_id TEXT NOT NULL, round_no INTEGER NOT NULL, proposal TEXT, PRIMARY KEY (search_id, round_no));
 CREATE TABLE round_strategies (
     search_id TEXT NOT NULL, round_no INTEGER NOT NULL, idx INTEGER NOT NULL, strategy BLOB NOT NULL,
     PRIMARY KEY (search_id, round_no, idx));
@@ -60,6 +62,10 @@ CREATE INDEX tasks_by_site ON tasks (site_id, state, created, seq);
 CREATE INDEX tasks_by_search ON tasks (search_id, round_no, created, seq);
 CREATE INDEX tasks_by_state ON tasks (state, deadline);
 """
+# What takes a store from version v to v + 1, run in the opening transaction (a failure leaves it at v).
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE rounds ADD COLUMN proposal TEXT",),
+}
 
 
 def _check_header(path: Path) -> None:
@@ -93,8 +99,12 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             if version > SCHEMA_VERSION:
                 raise StoreError(f"task store {path} has schema version {version}, newer than this "
                                  f"coordinator's {SCHEMA_VERSION}: upgrade autodp")
-            if version != SCHEMA_VERSION:
+            if version < 1:
                 raise StoreError(f"task store {path} has unknown schema version {version}")
+            for v in range(version, SCHEMA_VERSION):
+                for stmt in _MIGRATIONS[v]:
+                    conn.execute(stmt)
+                conn.execute("UPDATE schema_version SET version = ?", (v + 1,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -254,13 +264,15 @@ class SQLiteStore:
             if cur.rowcount != 1:
                 raise StoreError("set_search_state: unknown search id")
 
-    def add_round(self, search_id: str, round_no: int, strategies: Sequence[Strategy]) -> None:
+    def add_round(self, search_id: str, round_no: int, strategies: Sequence[Strategy],
+                  proposal: RoundProposal | None = None) -> None:
         blobs = [encode(to_pb(s)) for s in strategies]
+        record = None if proposal is None else proposal.model_dump_json()
         with self._locked("add_round", write=True) as c:
             if c.execute("SELECT 1 FROM searches WHERE search_id = ?", (search_id,)).fetchone() is None:
                 raise StoreError("add_round: unknown search id")
-            cur = c.execute("INSERT OR IGNORE INTO rounds (search_id, round_no) VALUES (?, ?)",
-                            (search_id, round_no))
+            cur = c.execute("INSERT OR IGNORE INTO rounds (search_id, round_no, proposal) VALUES (?, ?, ?)",
+                            (search_id, round_no, record))
             if cur.rowcount == 0:
                 return  # already stored: a resumed search replays its rounds
             c.executemany("INSERT INTO round_strategies (search_id, round_no, idx, strategy) "
@@ -276,6 +288,18 @@ class SQLiteStore:
         for r in rows:
             by_round.setdefault(r[0], []).append(_decode(pb.Strategy, r[1], "strategy"))
         return [(n, by_round[n]) for n in nos]
+
+    def get_round_proposals(self, search_id: str) -> dict[int, RoundProposal]:
+        with self._locked("get_round_proposals", write=False) as c:
+            rows = c.execute("SELECT round_no, proposal FROM rounds WHERE search_id = ? AND proposal IS NOT NULL "
+                             "ORDER BY round_no", (search_id,)).fetchall()
+        out: dict[int, RoundProposal] = {}
+        for no, text in rows:
+            try:
+                out[no] = RoundProposal.model_validate_json(text)
+            except ValidationError:
+                raise StoreError(f"the stored proposal record of round {no} does not decode") from None
+        return out
 
     # ------------------------------------------------------------ tasks
 

@@ -1,8 +1,8 @@
 """The coordinator's durable state behind one small interface.
 
-Sites, searches (config, state, the strategies proposed per round) and evaluation tasks with their
-results. Everything a killed coordinator needs to resume lives here; ``SQLiteStore`` is the
-implementation, tests run against it.
+Sites, searches (config, state, the strategies proposed per round and, for the LLM meta-agent, how each
+round was proposed: :class:`RoundProposal`) and evaluation tasks with their results. Everything a killed
+coordinator needs to resume lives here; ``SQLiteStore`` is the implementation, tests run against it.
 
 Time is always passed in (``now``, seconds since the epoch) so callers and tests control the clock.
 
@@ -21,13 +21,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from protos.views import OperatorSpec, ResultReport, SizeBucket, Strategy, Task
 
 __all__ = [
     "FAILURE_DEADLINE",
     "FAILURE_LEASE_EXPIRED",
+    "MAX_PROBLEMS",
+    "Origin",
+    "RoundProposal",
     "SearchRecord",
     "SearchState",
     "SiteRecord",
@@ -87,6 +92,52 @@ class SearchRecord:
     created: float
 
 
+Origin = Literal["model", "fill"]
+MAX_PROBLEMS = 20  # repair summaries kept per round
+_MAX_PROBLEM_CHARS = 300
+
+
+class RoundProposal(BaseModel):
+    """How the LLM meta-agent proposed one round, summed over the round's ``propose`` calls: counts, the
+    mode, the prompt version and the repair summaries (counts and catalog names), never prompt text or
+    model output. ``origins`` runs parallel to the strategies stored for the round: ``model`` (the model
+    wrote it, or chose it in mode choose), ``fill`` (the seeded fill proposer's) or None (not known)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["write", "choose"]
+    prompt_version: str = Field(max_length=64)
+    propose_calls: int = Field(ge=0)
+    llm_calls: int = Field(ge=0)
+    asked: int = Field(ge=0)
+    from_llm: int = Field(ge=0)
+    filled: int = Field(ge=0)
+    candidates: int = Field(ge=0)
+    problems: tuple[str, ...] = Field(default=(), max_length=MAX_PROBLEMS)
+    origins: tuple[Origin | None, ...] = ()
+
+    @staticmethod
+    def bound_problems(problems: Sequence[str]) -> tuple[str, ...]:
+        """The first ``MAX_PROBLEMS`` summaries, each cut to a bounded length."""
+        return tuple(p[:_MAX_PROBLEM_CHARS] for p in problems[:MAX_PROBLEMS])
+
+    @property
+    def kept_from_model(self) -> int:
+        return sum(o == "model" for o in self.origins)
+
+    @property
+    def kept_from_fill(self) -> int:
+        return sum(o == "fill" for o in self.origins)
+
+    def summary(self) -> dict[str, Any]:
+        """The report's view: the counts, plus how many of the strategies kept for the round came from the
+        model and how many from the fill (per strategy origins are on the strategies themselves)."""
+        return {"mode": self.mode, "prompt_version": self.prompt_version, "propose_calls": self.propose_calls,
+                "llm_calls": self.llm_calls, "asked": self.asked, "from_llm": self.from_llm, "filled": self.filled,
+                "candidates": self.candidates, "kept_from_model": self.kept_from_model,
+                "kept_from_fill": self.kept_from_fill, "problems": list(self.problems)}
+
+
 @runtime_checkable
 class Store(Protocol):
     """Durable coordinator state. Every method is safe to call from many threads."""
@@ -118,13 +169,18 @@ class Store(Protocol):
         """Raises StoreError for an unknown search."""
         ...
 
-    def add_round(self, search_id: str, round_no: int, strategies: Sequence[Strategy]) -> None:
-        """Record a round's proposals; a round already stored is left unchanged. StoreError for an
-        unknown search."""
+    def add_round(self, search_id: str, round_no: int, strategies: Sequence[Strategy],
+                  proposal: RoundProposal | None = None) -> None:
+        """Record a round's proposals (and how they were proposed, when known); a round already stored is
+        left unchanged. StoreError for an unknown search."""
         ...
 
     def get_rounds(self, search_id: str) -> list[tuple[int, list[Strategy]]]:
         """Rounds ordered by number, strategies in the order they were added."""
+        ...
+
+    def get_round_proposals(self, search_id: str) -> dict[int, RoundProposal]:
+        """Round number -> how it was proposed, for the rounds stored with a proposal record."""
         ...
 
     # tasks

@@ -68,6 +68,8 @@ class ProposalLog:
     mode: str = "write"  # write: from_llm strategies the model wrote; choose: candidates the model chose
     candidates: int = 0  # mode choose: candidates shown
     picked: tuple[int, ...] = ()  # mode choose: the model's choices, 0-based in the proposer's candidate order
+    # keys of the returned strategies the model wrote (write) or chose (choose); every other one is the fill's
+    from_model_keys: tuple[str, ...] = ()
 
 
 class ChatBackend(Protocol):
@@ -191,10 +193,12 @@ class LLMProposer:
             log.warning("round %d: meta-agent gave %d of %d valid new strategies; the %s proposer filled %d",
                         round_no, from_llm, k, self.fill, len(chosen) - from_llm)
         # the last gate: nothing invalid or already seen leaves here, whatever happened above
-        out = self._new_valid(chosen, index, history)
+        out = self._new_valid(chosen, index, history)[:k]
+        model_keys = {s.key for s in chosen[:from_llm]}
         self.last = ProposalLog(round_no=round_no, asked=k, llm_calls=calls, from_llm=from_llm,
-                                filled=len(chosen) - from_llm, problems=tuple(problems))
-        return out[:k]
+                                filled=len(chosen) - from_llm, problems=tuple(problems),
+                                from_model_keys=tuple(s.key for s in out if s.key in model_keys))
+        return out
 
     def _choose(self, round_no: int, k: int, catalog: Sequence[OperatorSpec],
                 history: Sequence[ScoredStrategy]) -> list[Strategy]:
@@ -228,5 +232,6 @@ class LLMProposer:
                         len(picked), k, self.fill, len(out) - len(picked))
         self.last = ProposalLog(round_no=round_no, asked=k, llm_calls=calls, from_llm=len(picked),
                                 filled=len(out) - len(picked), problems=tuple(problems), mode="choose",
-                                candidates=len(candidates), picked=tuple(picked))
+                                candidates=len(candidates), picked=tuple(picked),
+                                from_model_keys=tuple(candidates[i].key for i in picked))
         return out

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.errors import CoordinatorError, StoreError
-from coordinator.sqlite_store import SQLiteStore
+from coordinator.sqlite_store import SCHEMA_VERSION, SQLiteStore
 from coordinator.store import SearchState, Store, TaskState
 from protos.errors import AutodpError
 from protos.views import (
@@ -66,7 +66,7 @@ def test_implements_protocol_and_error_tree(store: SQLiteStore) -> None:
 def test_pragmas(store: SQLiteStore, tmp_path: Path) -> None:
     c = sqlite3.connect(tmp_path / "store.db")
     assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert c.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert c.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     c.close()
 
 

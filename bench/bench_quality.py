@@ -98,7 +98,7 @@ from coordinator.agent import ProposalLog  # noqa: E402
 from coordinator.config import AgentConfig  # noqa: E402
 from coordinator.proposers import Proposer, ScoredStrategy, create_proposer  # noqa: E402
 from protos.catalog import check_strategy, index_catalog  # noqa: E402
-from protos.config import read_yaml_mapping, resolve_paths  # noqa: E402
+from protos.config import first_error, read_yaml_mapping, resolve_paths  # noqa: E402
 from protos.errors import AutodpError, ConfigError  # noqa: E402
 from protos.views import EvalSettings, OperatorSpec, Strategy  # noqa: E402
 from site_agent.evaluation.base import Evaluator, create_evaluator  # noqa: E402
@@ -186,9 +186,8 @@ def load_agent_settings(path: Path) -> dict[str, Any]:
     try:
         cfg = AgentConfig.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}: {f'agent.{key}' if key else 'agent'}: {first['msg']}") from None
+        _, why, key = first_error(e)
+        raise ConfigError(f"{where}: {f'agent.{key}' if key else 'agent'}: {why}") from None
     return resolve_paths(cfg, path.parent).model_dump(mode="json", exclude_unset=True)
 
 

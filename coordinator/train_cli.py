@@ -21,6 +21,7 @@ from pathlib import Path
 
 import typer
 
+from protos.config import first_error
 from protos.errors import AutodpError
 
 __all__ = ["app"]
@@ -94,8 +95,8 @@ def federated(
         settings = RoundSettings(local_steps=local_steps, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
                                  seq_len=seq_len, batch_size=batch_size, seed=seed)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise _fail(f"option '{err['loc'][0]}': {err['msg']}") from None
+        loc, why, _ = first_error(e)
+        raise _fail(f"option '{loc[0] if loc else 'settings'}': {why}") from None
     try:
         cfg = load_config(config)
         rec = load_recipe(recipe)

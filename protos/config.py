@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from protos.errors import ConfigError
 
-__all__ = ["StrictModel", "TLSFiles", "load_yaml_model", "read_yaml_mapping", "resolve_paths"]
+__all__ = ["StrictModel", "TLSFiles", "first_error", "load_yaml_model", "read_yaml_mapping", "resolve_paths"]
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -31,6 +31,15 @@ class TLSFiles(StrictModel):
     cert: Path
     key: Path
     ca: Path
+
+
+def first_error(e: ValidationError) -> tuple[tuple[str | int, ...], str, str]:
+    """The first problem pydantic found, as (location, what is wrong, dotted location): every loader turns it
+    into one line naming the key. An unknown key reads "unknown key"; values are never quoted back."""
+    err = e.errors(include_url=False, include_input=False)[0]
+    loc = tuple(err["loc"])
+    why = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    return loc, why, ".".join(str(p) for p in loc)
 
 
 def read_yaml_mapping(path: Path, label: str = "",
@@ -64,9 +73,8 @@ def load_yaml_model(path: Path, model: type[T], overrides: dict[str, Any] | None
     try:
         cfg = model.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"{path}: '{key}': {first['msg']}") from None
+        _, why, key = first_error(e)
+        raise ConfigError(f"{path}: '{key or '(top level)'}': {why}") from None
     return resolve_paths(cfg, path.parent)
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, ValidationError
 
-from protos.config import StrictModel
+from protos.config import StrictModel, first_error
 from protos.errors import AutodpError
 from protos.views import IDENT_PATTERN
 
@@ -230,9 +230,9 @@ def parse_round_config(config: Mapping[str, Any], *, final: bool = False) -> Rou
     try:
         settings = RoundSettings.model_validate(values)  # a float where an int belongs must be whole
     except ValidationError as e:
-        err = e.errors()[0]
-        key = str(err["loc"][0]).replace("_", "-") if err["loc"] else "settings"
-        raise SettingsRefused(f"config '{key}': {err['msg']}") from None
+        loc, why, _ = first_error(e)
+        key = str(loc[0]).replace("_", "-") if loc else "settings"
+        raise SettingsRefused(f"config '{key}': {why}") from None
     return RoundInfo(search, rnd, rounds, settings)
 
 

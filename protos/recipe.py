@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from protos.config import StrictModel, read_yaml_mapping
+from protos.config import StrictModel, first_error, read_yaml_mapping
 from protos.errors import ConfigError
 from protos.files import write_text_atomic
 from protos.views import Ident, Metric, OperatorCall, ParamValue, Strategy
@@ -102,7 +102,7 @@ class Recipe(StrictModel):
             return Strategy(calls=tuple(OperatorCall(op=s.op, params=tuple(s.params.items()))
                                         for s in self.strategy))
         except ValidationError as e:
-            raise ConfigError(f"recipe strategy is invalid: {e.errors()[0]['msg']}") from None
+            raise ConfigError(f"recipe strategy is invalid: {first_error(e)[1]}") from None
 
 
 def recipe_from_strategy(strategy: Strategy, *, search_id: str, score: float | None = None,
@@ -154,8 +154,7 @@ def load_recipe(path: Path) -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        why = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(f"recipe {path}: '{_where(tuple(err['loc']))}': {why}") from None
+        loc, why, _ = first_error(e)
+        raise ConfigError(f"recipe {path}: '{_where(loc)}': {why}") from None
     recipe.to_strategy()  # the steps must form a valid Strategy too
     return recipe

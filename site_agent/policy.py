@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from protos.catalog import MAX_STRATEGY_LENGTH, Problem, check_strategy, index_catalog
+from protos.config import first_error
 from protos.views import (
     EvaluatorKind,
     Ident,
@@ -245,9 +246,8 @@ def load_policy(path: Path) -> Policy:
     try:
         policy = Policy.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        why = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise _fail(fname, root, tuple(err["loc"]), why, whole_key=err["type"] == "missing") from None
+        loc, why, _ = first_error(e)
+        raise _fail(fname, root, loc, why, whole_key=e.errors()[0]["type"] == "missing") from None
     registered = registered_operators()
     for i, name in enumerate(policy.allowed_operators):
         if name not in registered:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from protos.config import first_error
 from site_agent.errors import EvaluationError
 
 __all__ = ["DPConfig", "DPTraining", "attach_dp", "noise_multiplier_for", "noise_seed", "parse_dp"]
@@ -62,9 +63,8 @@ def parse_dp(options: Mapping[str, Any] | DPConfig | None) -> DPConfig | None:
     try:
         return DPConfig.model_validate(dict(options))
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "dp"
-        raise EvaluationError(f"dp option '{where}': {err['msg']}") from None
+        _, why, where = first_error(e)
+        raise EvaluationError(f"dp option '{where or 'dp'}': {why}") from None
 
 
 def noise_multiplier_for(cfg: DPConfig, sample_rate: float, steps: int) -> float:

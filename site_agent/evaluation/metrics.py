@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from protos.config import first_error
 from site_agent.errors import EvaluationError
 
 __all__ = ["JUDGE_SYSTEM", "JudgeConfig", "JudgeLike", "judge_prompt", "judge_win_rate", "make_judge",
@@ -59,9 +60,8 @@ def parse_judge(options: Mapping[str, Any] | JudgeConfig | None) -> JudgeConfig 
     try:
         return JudgeConfig.model_validate(dict(options))
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "judge"
-        raise EvaluationError(f"judge option '{where}': {err['msg']}") from None
+        _, why, where = first_error(e)
+        raise EvaluationError(f"judge option '{where or 'judge'}': {why}") from None
 
 
 def make_judge(cfg: JudgeConfig) -> Any:

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from protos.config import StrictModel
+from protos.config import StrictModel, first_error
 from site_agent.llm.base import LLMBackend
 from site_agent.llm.errors import LLMConfigError
 
@@ -65,9 +65,8 @@ def load_llm_config(data: Mapping[str, object]) -> LLMConfig:
     try:
         return LLMConfig.model_validate(dict(data))
     except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise LLMConfigError(f"llm{'.' + key if key else ''}: {first['msg']}") from None
+        _, why, key = first_error(e)
+        raise LLMConfigError(f"llm{'.' + key if key else ''}: {why}") from None
 
 
 def create_llm(cfg: LLMConfig) -> LLMBackend:

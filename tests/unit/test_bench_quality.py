@@ -173,7 +173,7 @@ def test_an_agent_file_gives_the_settings_used_and_the_words_the_report_names_th
     ("backend: [openai\n", "not valid YAML"),
     ("- backend: openai\n", "top level"),
     ("agent:\n  backend: local\n", "no 'agent:' around them"),
-    ("backend: local\napi_key: sk-s3cret\n", "agent.api_key: Extra inputs are not permitted"),
+    ("backend: local\napi_key: sk-s3cret\n", "agent.api_key: unknown key"),
     ("backend: local\nthreads: 0\n", "agent.threads"),
     ("backend: openai\nbase_url: http://127.0.0.1:8000\n", "needs base_url and model"),
     ("backend: vllm\n", "agent.backend"),

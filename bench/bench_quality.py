@@ -75,13 +75,14 @@ import json
 import logging
 import math
 import os
+import random
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,12 @@ log = logging.getLogger("autodp.bench")
 BASELINES = ("random", "evolutionary", "tpe")
 PROPOSERS = ("llm", *BASELINES)
 GOALS = {"vs_unprocessed": 0.80, "vs_random": 0.65}
+# Reference arms, trained beside the picks on every LoRA site to show what the win rates can resolve at this scale.
+REFERENCES = {
+    "seed_noise": "the unprocessed rows again, LoRA seed 1 instead of 0: how far seed noise alone moves a win rate",
+    "labelled_clean": "only the rows the benchmark generator labelled clean (an oracle no strategy can be: it reads "
+                      "the labels): what dropping every damaged row, and nothing else, is worth",
+}
 MAX_LENGTH = 3  # the search's default max_strategy_length
 # The meta-agent's settings in the demo configuration (coordinator/demo.py), validated as the search's config is.
 AGENT: dict[str, Any] = {"backend": "local", "threads": 1, "max_reasks": 1}
@@ -139,6 +146,7 @@ class Mode:
     lora_proposers: tuple[str, ...] = PROPOSERS  # whose picks get a LoRA (and a win rate)
     lora_sites: int = 0  # LoRAs on the first N sites only (0: every site)
     truth_build: str = ""  # ground_truth_<build>.json of bench_search for the same build ("": this mode's name)
+    references: bool = True  # two more LoRAs per LoRA site: seed noise and the labelled-clean rows (see REFERENCES)
 
 
 # Measured 2026-12 on the shared 2-core development box (load average 2-5 from other processes).
@@ -399,6 +407,43 @@ def pooled_win_rate(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[f
     return pairwise_win_rate([x for s in common for x in a[s]], [x for s in common for x in b[s]])
 
 
+def mean_loss_delta(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]]) -> float | None:
+    """Mean over the pooled held-out items of A's loss minus B's (negative: A's model is better)."""
+    common = [s for s in a if s in b]
+    diffs = [x - y for s in common for x, y in zip(a[s], b[s], strict=True)]
+    return statistics.fmean(diffs) if diffs else None
+
+
+def win_rate_interval(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]], *, draws: int = 2000,
+                      seed: int = 0) -> tuple[float, float] | None:
+    """A 95% percentile-bootstrap interval of A's pooled win rate over B, items resampled with replacement."""
+    common = [s for s in a if s in b]
+    wins = [1.0 if x < y else 0.5 if x == y else 0.0 for s in common for x, y in zip(a[s], b[s], strict=True)]
+    if not wins:
+        return None
+    rng = random.Random(seed)
+    n = len(wins)
+    means = sorted(sum(rng.choices(wins, k=n)) / n for _ in range(draws))
+    return means[int(0.025 * draws)], means[min(draws - 1, int(0.975 * draws))]
+
+
+def labelled_clean_rows(resources: SiteResources, train_file: Path) -> Batch | None:
+    """The rows of the site's training file whose generator label is ``clean`` (None when the file's rows are not
+    the loaded rows, in order: the reference is then skipped rather than guessed)."""
+    labels: list[str] = []
+    firsts: list[str] = []
+    with train_file.open(encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            labels.append(str(row.get("label", "")))
+            firsts.append(str(row.get("instruction", "")))
+    data = resources.data
+    if len(labels) != len(data["instruction"]) or firsts != list(data["instruction"]):
+        return None
+    keep = [i for i, label in enumerate(labels) if label == "clean"]
+    return {col: [values[i] for i in keep] for col, values in data.items()}
+
+
 def _model_folder(name: str, texts: list[str], workdir: Path) -> Path:
     if name == "tiny":
         from tests.unit.site_agent.evaluation.tiny_model import build_tiny_model
@@ -470,6 +515,14 @@ def _scale_note(report: Mapping[str, Any]) -> str:
             f"{len(report['lora']['sites'])} site(s): a reduced-scale probe, not the full benchmark)")
 
 
+def _span(interval: Sequence[float] | None) -> str:
+    return f" [{interval[0]:.0%}, {interval[1]:.0%}]" if interval else ""
+
+
+def _delta(d: float | None) -> str:
+    return f", {d:+.4f}" if d is not None else ""
+
+
 def _met(value: float | None, met: bool) -> str:
     return f"{_pct(value)} -> **{'met' if met else 'not met'}**" if value is not None else "-> **not measured**"
 
@@ -504,6 +557,14 @@ def _goal_lines(report: Mapping[str, Any]) -> list[str]:
              f"{note}",
              f"- win rate of {who}'s picks against random search's picks >= {GOALS['vs_random']:.0%}: {vs_r}"
              f"{with_base('vs_random')}{note}"]
+    refs = report.get("references") or {}
+    noise, clean = refs.get("seed_noise"), refs.get("labelled_clean")
+    if noise and clean and report["lora"]["model"] != "tiny":
+        lines.append(f"- for scale, on the same site(s) and settings: a second LoRA on the unprocessed rows with "
+                     f"another seed wins {_pct(noise['vs_unprocessed'])}{_span(noise['interval'])} against the "
+                     f"first (seed noise alone); keeping only the rows labelled clean, an oracle, wins "
+                     f"{_pct(clean['vs_unprocessed'])}{_span(clean['interval'])} (mean loss Δ "
+                     f"{_fmt(clean['loss_delta'], 4)}): a win rate this scale can show for any cleaning")
     return lines
 
 
@@ -655,12 +716,29 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
                   ""]
     w = report["win_rates"]
     names = list(w["vs_unprocessed"])
-    lines += ["| proposer | vs unprocessed (mean over seeds) | per seed | " +
+    spans, deltas = w.get("vs_unprocessed_interval", {}), w.get("loss_delta_vs_unprocessed", {})
+    lines += ["Win rate of A over B: the share of held-out items on which A's model gives the reference answer the "
+              "lower loss. Per seed: the win rate against unprocessed with its 95% bootstrap interval (items "
+              "resampled) and the mean loss difference (A minus unprocessed, nats per token averaged over items; "
+              "negative: A is better), a steadier measure than the win rate.", "",
+              "| proposer | vs unprocessed (mean over seeds) | per seed: win [95% interval], mean loss Δ | " +
               " | ".join(f"vs {n}" for n in names) + " |", "|---|---|---|" + "---|" * len(names)]
     for a in names:
-        row = [_pct(_mean(w["vs_unprocessed"][a])), ", ".join(_pct(x) for x in w["vs_unprocessed"][a])]
+        per_seed = [f"{_pct(x)}{_span(iv)}{_delta(d)}" for x, iv, d in zip(
+            w["vs_unprocessed"][a], spans.get(a, [None] * len(w["vs_unprocessed"][a])),
+            deltas.get(a, [None] * len(w["vs_unprocessed"][a])), strict=True)]
+        row = [_pct(_mean(w["vs_unprocessed"][a])), "; ".join(per_seed)]
         row += ["-" if a == b else _pct(_mean(w["pairwise"][a][b])) for b in names]
         lines.append(f"| {a} | " + " | ".join(row) + " |")
+    refs = report.get("references") or {}
+    if refs:
+        lines += ["", "References, trained beside the picks on the same site(s) with the same settings, to show what "
+                  "these numbers can resolve at this scale:", "",
+                  "| reference | what it is | rows per site | win vs unprocessed [95% interval] | mean loss Δ |",
+                  "|---|---|---|---|---|"]
+        for name, r in refs.items():
+            lines.append(f"| {name} | {r['what']} | " + ", ".join(f"{k}: {v}" for k, v in r["rows"].items())
+                         + f" | {_pct(r['vs_unprocessed'])}{_span(r['interval'])} | {_fmt(r['loss_delta'], 4)} |")
     lines += ["", "Picks and rows kept (site process, all rows, PTS on; LoRA sites only):", "",
               "| proposer | seed | search score | strategy | rows kept per site |", "|---|---|---|---|---|"]
     for pick in report["picks"]:
@@ -815,12 +893,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = TrainConfig(steps=mode.lora_steps, seq_len=mode.seq_len, batch_size=mode.batch_size, lr=mode.lr, seed=0,
                           lora_dropout=0.0, dtype="float32" if model_name == "tiny" else "auto")
 
-        def losses(site: str, batch: Batch) -> list[float] | None:
+        def losses(site: str, batch: Batch, run_cfg: TrainConfig = cfg) -> list[float] | None:
             eval_batch = sites[site].eval_data
             assert eval_batch is not None
             t = time.perf_counter()
             try:
-                return run_lora(folder, cfg, batch, eval_batch).losses
+                return run_lora(folder, run_cfg, batch, eval_batch).losses
             except AutodpError as e:
                 log.warning("LoRA on site %s failed: %s", site, type(e).__name__)
                 return None
@@ -851,8 +929,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             pick_losses[(r.proposer, r.seed)] = per_site
             picks.append({"proposer": r.proposer, "seed": r.seed, "score": r.scores[i], "key": strategy.key,
                           "origin": r.origins[i], "strategy": strategy.describe(), "rows": rows})
+        refs: dict[str, dict[str, list[float]]] = {name: {} for name in REFERENCES} if mode.references else {}
+        ref_rows: dict[str, dict[str, int]] = {name: {} for name in refs}
+        for s in lora_sites if refs else ():
+            ref_rows["seed_noise"][s] = len(sites[s].data["instruction"])
+            if (got := losses(s, sites[s].data, replace(cfg, seed=1))) is not None:
+                refs["seed_noise"][s] = got
+            clean = labelled_clean_rows(sites[s], workdir / "benchmark" / s / "train.jsonl")
+            if clean is not None and clean["instruction"]:
+                ref_rows["labelled_clean"][s] = len(clean["instruction"])
+                if (got := losses(s, clean)) is not None:
+                    refs["labelled_clean"][s] = got
         lora_s = time.perf_counter() - t0
-        say(f"LoRA: {len(trained) + len(raw)} trainings in {lora_s:.0f} s")
+        n_refs = sum(len(v) for v in refs.values())
+        say(f"LoRA: {len(trained) + len(raw) + n_refs} trainings in {lora_s:.0f} s")
         raw_rows = {s: len(sites[s].data["instruction"]) for s in lora_sites}
         for res in sites.values():
             res.close()
@@ -883,6 +973,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairwise = {a: {b: [pooled_win_rate(pick_losses[(a, sd)], pick_losses[(b, sd)])
                         if (a, sd) in pick_losses and (b, sd) in pick_losses else None for sd in range(seeds)]
                     for b in lora_names if b != a} for a in lora_names}
+    loss_delta = {a: [mean_loss_delta(pick_losses[(a, sd)], raw_ok) if (a, sd) in pick_losses else None
+                      for sd in range(seeds)] for a in lora_names}
+    intervals = {a: [win_rate_interval(pick_losses[(a, sd)], raw_ok) if (a, sd) in pick_losses else None
+                     for sd in range(seeds)] for a in lora_names}
+    references = {name: {"what": REFERENCES[name], "rows": ref_rows[name],
+                         "vs_unprocessed": pooled_win_rate(got, raw_ok) if got else None,
+                         "interval": win_rate_interval(got, raw_ok) if got else None,
+                         "loss_delta": mean_loss_delta(got, raw_ok) if got else None}
+                  for name, got in refs.items()}
     checked = "llm" if "llm" in proposers else best_base
     g_raw, g_rand = _goal_values(checked, vs_raw, pairwise)
     b_raw, b_rand = _goal_values(best_base, vs_raw, pairwise)
@@ -914,7 +1013,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "best": r.best_index(), "rounds": [asdict(e) for e in r.rounds]} for r in runs]},
         "lora": {"model": model_name, "sites": lora_sites, "proposers": lora_names, "raw_rows": raw_rows,
                  "trainings": len(trained) + len(raw)},
-        "win_rates": {"vs_unprocessed": vs_raw, "pairwise": pairwise},
+        "win_rates": {"vs_unprocessed": vs_raw, "pairwise": pairwise, "vs_unprocessed_interval": intervals,
+                      "loss_delta_vs_unprocessed": loss_delta},
+        "references": references,
         "picks": picks,
     }
     (args.out / f"quality_{label}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

@@ -63,6 +63,38 @@ def test_pooled_win_rate_pools_the_sites_both_sides_have(bench: ModuleType) -> N
     assert bench.pooled_win_rate(a, {"other": [1.0]}) is None
 
 
+def test_loss_delta_and_win_interval_pool_the_items_of_the_common_sites(bench: ModuleType) -> None:
+    a = {"s1": [1.0, 2.0, 0.5], "only-a": [9.0]}
+    b = {"s1": [2.0, 2.0, 1.5]}
+    assert bench.mean_loss_delta(a, b) == pytest.approx((-1.0 + 0.0 - 1.0) / 3)
+    assert bench.mean_loss_delta(a, {"other": [1.0]}) is None
+    low, high = bench.win_rate_interval(a, b)
+    assert 0.0 <= low <= bench.pooled_win_rate(a, b) <= high <= 1.0
+    assert bench.win_rate_interval(a, b) == (low, high)  # seeded: the same interval every run
+    always = {"s": [0.0] * 40}
+    assert bench.win_rate_interval(always, {"s": [1.0] * 40}) == (1.0, 1.0)
+    assert bench.win_rate_interval(a, {"other": [1.0]}) is None
+
+
+def test_labelled_clean_rows_keep_the_clean_rows_of_the_loaded_data_or_nothing(bench: ModuleType,
+                                                                                tmp_path: Path) -> None:
+    import json
+
+    site = _site(tmp_path / "cache", 0, rows=6)
+    labels = ["clean", "markup", "clean", "duplicate", "clean", "clean"]
+    rows = [{"instruction": q, "answer": a, "label": label}
+            for q, a, label in zip(site.data["instruction"], site.data["answer"], labels, strict=True)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    clean = bench.labelled_clean_rows(site, train)
+    assert clean is not None and clean["instruction"] == [site.data["instruction"][i] for i in (0, 2, 4, 5)]
+    assert set(clean) == set(site.data)
+    rows.reverse()  # the file's rows are not the loaded rows in order: no guessing
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert bench.labelled_clean_rows(site, train) is None
+    site.close()
+
+
 def test_search_scores_every_strategy_on_every_site_at_the_budget(bench: ModuleType, tmp_path: Path) -> None:
     sites = {"a": _site(tmp_path / "a", 0), "b": _site(tmp_path / "b", 1)}
     settings = EvalSettings(evaluator=EvaluatorKind.QUALITY_PROXY, sample_rate_permille=1000, use_screening=False)

@@ -108,6 +108,11 @@ def test_search_scores_every_strategy_on_every_site_at_the_budget(bench: ModuleT
     assert [(e.round_no, e.proposed, e.propose_calls, e.llm_calls) for e in run.rounds] == [(1, 3, 1, None),
                                                                                             (2, 3, 1, None)]
     assert bench.llm_summary([run], 2)["searches"] == 0 and run.origins == [""] * 6
+    # each site's own evaluator (as the LoRA evaluator holds a site's held-out set): same proposer, same scores
+    own = {s: create_evaluator(EvaluatorKind.QUALITY_PROXY) for s in sites}
+    again = bench.search(sites, RandomProposer(seed=3), "random", 3, _catalog(), rounds=2, k=3, settings=settings,
+                         evaluator=own)
+    assert again.scores == run.scores
     for r in sites.values():
         r.close()
 

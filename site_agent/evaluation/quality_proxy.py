@@ -33,6 +33,19 @@ The first factor is how much usable data survives (recall), the second how clean
 (precision). So dropping only defective rows raises the score (precision goes to 1, recall stays),
 repairing a defective row in place raises it more (both grow), dropping clean rows lowers it, and
 dropping everything scores ``-quality(raw) <= 0``: it never wins. The metric is ``Metric.QUALITY_PROXY``.
+
+Fixed training budget (option ``budget_share`` = b, 0 < b <= 1; default 0: off). A LoRA trained for a fixed
+number of steps sees the same number of rows however many are kept, so losing rows costs it nothing until
+fewer remain than it would see; what it learns from is the share of clean rows among those it sees. With
+b = steps x batch size / rows (the share of the rows such a training sees)::
+
+    quality(batch) = (good / kept) * min(1, (kept / n_raw) / b)
+
+Precision, discounted only when fewer than a share b of the rows is kept. Dropping the defective rows then
+counts for about as much as repairing them, and dropping clean rows costs nothing above the budget. In a probe of
+SmolLM2-135M LoRAs (40 steps of 8 on one site's 600 rows, b = 0.53), four arms (the rows labelled clean,
+screening-threshold filtering, markup removal, identifier redaction) ranked by the LoRA's mean held-out loss
+as they rank by this score; the default score put markup removal above the filtering.
 """
 
 from __future__ import annotations
@@ -77,10 +90,13 @@ class ProxyOptions:
     min_answer_chars: int = 20
     min_repeats: int = 3
     max_repeated_share: float = 0.3
+    budget_share: float = 0.0  # 0: recall x precision; (0, 1]: the fixed-training-budget score (module docstring)
 
     def __post_init__(self) -> None:
         if self.min_answer_chars < 0 or self.min_repeats < 2 or not 0.0 < self.max_repeated_share <= 1.0:
             raise EvaluationError("quality proxy options out of range")
+        if not 0.0 <= self.budget_share <= 1.0:
+            raise EvaluationError("quality proxy option budget_share must be within [0, 1] (0: off)")
 
 
 def _repetitive(answer: str, min_repeats: int, max_repeated_share: float) -> bool:
@@ -129,7 +145,8 @@ def row_defects(batch: Batch, options: ProxyOptions = ProxyOptions()) -> list[se
 
 
 def quality(batch: Batch, n_raw: int, options: ProxyOptions = ProxyOptions()) -> float:
-    """(good / n_raw) * (good / kept); see the module docstring."""
+    """(good / n_raw) * (good / kept), or with ``budget_share`` b: (good / kept) * min(1, kept / n_raw / b); see
+    the module docstring."""
     if n_raw <= 0:
         raise EvaluationError("quality needs a positive raw row count")
     defects = row_defects(batch, options)
@@ -137,6 +154,8 @@ def quality(batch: Batch, n_raw: int, options: ProxyOptions = ProxyOptions()) ->
     if kept == 0:
         return 0.0
     good = sum(1 for d in defects if not d)
+    if options.budget_share > 0.0:
+        return (good / kept) * min(1.0, kept / n_raw / options.budget_share)
     return (good / n_raw) * (good / kept)
 
 
@@ -146,8 +165,8 @@ class QualityProxyEvaluator:
     kind: EvaluatorKind = EvaluatorKind.QUALITY_PROXY
 
     def __init__(self, min_answer_chars: int = 20, min_repeats: int = 3,
-                 max_repeated_share: float = 0.3) -> None:
-        self.options = ProxyOptions(min_answer_chars, min_repeats, max_repeated_share)
+                 max_repeated_share: float = 0.3, budget_share: float = 0.0) -> None:
+        self.options = ProxyOptions(min_answer_chars, min_repeats, max_repeated_share, budget_share)
 
     def evaluate(self, processed: Batch, raw: Batch, settings: EvalSettings) -> EvalOutcome:
         if settings.evaluator is not EvaluatorKind.QUALITY_PROXY or settings.metric is not Metric.QUALITY_PROXY:

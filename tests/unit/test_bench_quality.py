@@ -233,6 +233,14 @@ def test_a_bad_agent_file_is_one_line_and_exit_code_2_before_any_work(
     assert not out.exists()  # failed before building anything
 
 
+def test_a_budget_share_out_of_range_is_one_line_and_exit_code_2(bench: ModuleType, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert bench.main(["--proxy-budget-share", "1.5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--proxy-budget-share" in err and not out.exists()
+
+
 def test_the_meta_agent_from_an_agent_file_proposes_through_an_openai_endpoint(bench: ModuleType,
                                                                              tmp_path: Path) -> None:
     import json

@@ -6,7 +6,7 @@ from protos.views import EvalSettings, EvaluatorKind, Metric
 from site_agent.data.toy import make_toy_dataset
 from site_agent.errors import EvaluationError
 from site_agent.evaluation import available_evaluators, create_evaluator, register_evaluator
-from site_agent.evaluation.quality_proxy import CHECKS, QualityProxyEvaluator, quality, row_defects
+from site_agent.evaluation.quality_proxy import CHECKS, ProxyOptions, QualityProxyEvaluator, quality, row_defects
 from site_agent.operators import Batch
 
 SETTINGS = EvalSettings()
@@ -95,6 +95,32 @@ def test_removing_defective_rows_wins_and_removing_clean_ones_costs() -> None:
         assert _score(both, SMALL) <= _score(only_bad, SMALL)
         if clean_out:
             assert _score(both, SMALL) < _score(only_bad, SMALL)
+
+
+def test_with_a_training_budget_dropping_rows_costs_nothing_until_the_budget() -> None:
+    n = len(LABELS)
+    budget = ProxyOptions(budget_share=0.5)
+    raw_q = quality(BATCH, n, budget)
+    assert raw_q == pytest.approx(len(CLEAN) / n)  # every row kept: precision
+    only_clean = _subset(BATCH, CLEAN)
+    assert len(CLEAN) >= n / 2 and quality(only_clean, n, budget) == 1.0  # above the budget: precision alone
+    # dropping clean rows above the budget costs nothing; below it, the score falls with the rows kept
+    half = _subset(BATCH, CLEAN[: (n + 1) // 2])
+    assert quality(half, n, budget) == 1.0
+    quarter = _subset(BATCH, CLEAN[: n // 4])
+    assert quality(quarter, n, budget) == pytest.approx((n // 4) / n / 0.5)
+    # repairing a defective row in place and dropping it are worth about the same; the default prefers the repair
+    fixed = {c: list(v) for c, v in BATCH.items()}
+    i = DEFECTIVE[0]
+    fixed["instruction"][i], fixed["answer"][i] = "What eases a mild cold?", GOOD
+    dropped = _subset(BATCH, [j for j in range(n) if j != i])
+    assert quality(fixed, n, budget) == pytest.approx(quality(dropped, n, budget), abs=1.0 / n)
+    assert quality(fixed, n) > quality(dropped, n)
+    ev = create_evaluator(EvaluatorKind.QUALITY_PROXY, budget_share=0.5)
+    assert ev.evaluate(only_clean, BATCH, SETTINGS).score == pytest.approx(1.0 - raw_q)
+    assert quality({"instruction": [], "answer": []}, n, budget) == 0.0
+    with pytest.raises(EvaluationError, match="budget_share"):
+        ProxyOptions(budget_share=1.5)
 
 
 def test_evaluator_interface_and_registry() -> None:

@@ -847,6 +847,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="with the quality proxy: score as for a fixed training budget that sees a share B of the "
                          "rows (its budget_share option; e.g. the mode's LoRA steps x batch / rows per site); "
                          "default 0: the proxy's default score")
+    ap.add_argument("--no-references", action="store_true",
+                    help="skip the two reference LoRAs per LoRA site (seed noise, labelled clean): e.g. when another "
+                         "run of the same mode has them")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     mode = MODES[args.mode]
@@ -990,7 +993,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pick_losses[(r.proposer, r.seed)] = per_site
             picks.append({"proposer": r.proposer, "seed": r.seed, "score": r.scores[i], "key": strategy.key,
                           "origin": r.origins[i], "strategy": strategy.describe(), "rows": rows})
-        refs: dict[str, dict[str, list[float]]] = {name: {} for name in REFERENCES} if mode.references else {}
+        with_refs = mode.references and not args.no_references
+        refs: dict[str, dict[str, list[float]]] = {name: {} for name in REFERENCES} if with_refs else {}
         ref_rows: dict[str, dict[str, int]] = {name: {} for name in refs}
         for s in lora_sites if refs else ():
             ref_rows["seed_noise"][s] = len(sites[s].data["instruction"])

@@ -847,6 +847,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="with the quality proxy: score as for a fixed training budget that sees a share B of the "
                          "rows (its budget_share option; e.g. the mode's LoRA steps x batch / rows per site); "
                          "default 0: the proxy's default score")
+    ap.add_argument("--lora-sites", metavar="NAMES",
+                    help="comma-separated sites to train the LoRAs on (e.g. hospital-c, the site with the most "
+                         "damaged rows); default: the mode's (medium: the first site, full: every site)")
     ap.add_argument("--no-references", action="store_true",
                     help="skip the two reference LoRAs per LoRA site (seed noise, labelled clean): e.g. when another "
                          "run of the same mode has them")
@@ -856,6 +859,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = args.seeds or mode.seeds
     llm_seeds = args.llm_seeds or min(mode.llm_seeds, seeds)
     proposers = [p for p in args.proposers.split(",") if p]
+    from site_agent.data.benchmark.split import site_ids
+
+    chosen_sites = [s for s in (args.lora_sites or "").split(",") if s]
+    if any(s not in site_ids(mode.sites) for s in chosen_sites) or (args.lora_sites is not None and not chosen_sites):
+        print(f"error: --lora-sites takes names from {', '.join(site_ids(mode.sites))}", file=sys.stderr)
+        return 2
     if not 0.0 <= args.proxy_budget_share <= 1.0:
         print("error: --proxy-budget-share must be within [0, 1]", file=sys.stderr)
         return 2
@@ -954,6 +963,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         lora_names = [n for n in proposers if n in mode.lora_proposers]
         lora_sites = list(sites)[: mode.lora_sites] if mode.lora_sites else list(sites)
+        if chosen_sites:
+            lora_sites = chosen_sites
         cfg = TrainConfig(steps=mode.lora_steps, seq_len=mode.seq_len, batch_size=mode.batch_size, lr=mode.lr, seed=0,
                           lora_dropout=0.0, dtype="float32" if model_name == "tiny" else "auto")
 

@@ -165,9 +165,10 @@ class Mode:
 _QUICK_TIME = ("under 10 min: 561 s and 585 s in two runs on the shared 2-core development box at load average 3-19 "
                "(other benchmarks running), of which the meta-agent's 2 searches 245-263 s (~40 s a round); a third "
                "meta-agent seed (~2 more min) did not fit safely")
-_MEDIUM_TIME = ("20 min (1217 s) on the shared 2-core development box at load average 2-6: set-up, searches and ground "
-                "truth ~4 min, then 3 SmolLM2 LoRAs of 40 steps, ~330 s each (loading, ~7 s a step, scoring the 50 "
-                "held-out items)")
+_MEDIUM_TIME = ("~32 min alone on the shared 2-core development box: set-up, searches and ground truth ~4 min, then 5 "
+                "SmolLM2 LoRAs of 40 steps (unprocessed, two picks, two references), ~330 s each (loading, ~7 s a "
+                "step, scoring the 50 held-out items; 20 min measured with 3 LoRAs at load average 2-6); 44 min "
+                "(2621 s) measured beside two other runs of this benchmark, ~520 s a LoRA")
 MODES = {
     # Same build as bench_search quick (1800 pairs, 3 sites, 50 held-out): its ground truth applies.
     "quick": Mode(pairs=1800, sites=3, eval_per_site=50, rounds=3, k=6, seeds=3, llm_seeds=2, model="tiny",
@@ -587,7 +588,7 @@ def _goal_lines(report: Mapping[str, Any]) -> list[str]:
                      f"another seed wins {_pct(noise['vs_unprocessed'])}{_span(noise['interval'])} against the "
                      f"first (seed noise alone); keeping only the rows labelled clean, an oracle, wins "
                      f"{_pct(clean['vs_unprocessed'])}{_span(clean['interval'])} (mean loss Δ "
-                     f"{_fmt(clean['loss_delta'], 4)}): a win rate this scale can show for any cleaning")
+                     f"{_fmt(clean['loss_delta'], 4)})")
     return lines
 
 

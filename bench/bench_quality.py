@@ -640,6 +640,13 @@ def _common_limits(report: Mapping[str, Any], per: Mapping[str, Any], best: str,
     n_items = report["mode_config"]["eval_per_site"] * len(report["lora"]["sites"])
     out.append(f"- {n_items} held-out items per comparison: a win rate's 95% interval is about "
                f"±{1.96 * math.sqrt(0.25 / n_items):.0%} (binomial near 50%, ties aside), wider across seeds.")
+    if share := report.get("proxy_budget_share"):
+        m = report["mode_config"]
+        out.append(f"- The searches scored with the quality proxy's fixed-budget score (budget_share {share:g}, about "
+                   f"the share of the rows a LoRA of {m['lora_steps']} x {m['batch_size']} rows sees): precision, "
+                   "whatever is dropped above that share. Under PTS many strategies reach its top (every row screening "
+                   "flags dropped, few clean ones), so proposers can pick different strategies that keep the very "
+                   "same rows; such picks win 50% against each other by construction (ties count half).")
     refs = report.get("references") or {}
     clean, noise = refs.get("labelled_clean"), refs.get("seed_noise")
     if clean and noise and clean["vs_unprocessed"] is not None and report["lora"]["model"] != "tiny":

@@ -414,32 +414,38 @@ def processed_rows(resources: SiteResources, strategy: Strategy, seed: int = 0) 
                    screener=resources.screener, embedding_cache=resources.embedding_cache).batch
 
 
+def _pooled(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]]) -> tuple[list[float], list[float]]:
+    """A's and B's per-item losses on the held-out items of every site both have losses for, in the same order."""
+    common = [s for s in a if s in b]
+    return [x for s in common for x in a[s]], [x for s in common for x in b[s]]
+
+
 def pooled_win_rate(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]]) -> float | None:
     """A's win rate over B on the held-out items of every site both have losses for (pooled)."""
-    common = [s for s in a if s in b]
-    if not common:
-        return None
-    return pairwise_win_rate([x for s in common for x in a[s]], [x for s in common for x in b[s]])
+    xs, ys = _pooled(a, b)
+    return pairwise_win_rate(xs, ys) if xs else None
 
 
 def mean_loss_delta(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]]) -> float | None:
     """Mean over the pooled held-out items of A's loss minus B's (negative: A's model is better)."""
-    common = [s for s in a if s in b]
-    diffs = [x - y for s in common for x, y in zip(a[s], b[s], strict=True)]
-    return statistics.fmean(diffs) if diffs else None
+    xs, ys = _pooled(a, b)
+    return statistics.fmean(x - y for x, y in zip(xs, ys, strict=True)) if xs else None
 
 
 def win_rate_interval(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]], *, draws: int = 2000,
                       seed: int = 0) -> tuple[float, float] | None:
     """A 95% percentile-bootstrap interval of A's pooled win rate over B, items resampled with replacement."""
-    common = [s for s in a if s in b]
-    wins = [1.0 if x < y else 0.5 if x == y else 0.0 for s in common for x, y in zip(a[s], b[s], strict=True)]
-    if not wins:
+    xs, ys = _pooled(a, b)
+    if not xs:
         return None
     rng = random.Random(seed)
-    n = len(wins)
-    means = sorted(sum(rng.choices(wins, k=n)) / n for _ in range(draws))
-    return means[int(0.025 * draws)], means[min(draws - 1, int(0.975 * draws))]
+    n = len(xs)
+    rates = []
+    for _ in range(draws):
+        idx = rng.choices(range(n), k=n)
+        rates.append(pairwise_win_rate([xs[i] for i in idx], [ys[i] for i in idx]))
+    rates.sort()
+    return rates[int(0.025 * draws)], rates[min(draws - 1, int(0.975 * draws))]
 
 
 def labelled_clean_rows(resources: SiteResources, train_file: Path) -> Batch | None:

@@ -132,10 +132,8 @@ class RoundProposal(BaseModel):
     def summary(self) -> dict[str, Any]:
         """The report's view: the counts, plus how many of the strategies kept for the round came from the
         model and how many from the fill (per strategy origins are on the strategies themselves)."""
-        return {"mode": self.mode, "prompt_version": self.prompt_version, "propose_calls": self.propose_calls,
-                "llm_calls": self.llm_calls, "asked": self.asked, "from_llm": self.from_llm, "filled": self.filled,
-                "candidates": self.candidates, "kept_from_model": self.kept_from_model,
-                "kept_from_fill": self.kept_from_fill, "problems": list(self.problems)}
+        return {**self.model_dump(mode="json", exclude={"origins"}), "kept_from_model": self.kept_from_model,
+                "kept_from_fill": self.kept_from_fill}
 
 
 @runtime_checkable

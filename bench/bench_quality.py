@@ -312,16 +312,16 @@ def _propose_round(proposer: Proposer, round_no: int, k: int, catalog: Sequence[
         got = proposer.propose(round_no, need, catalog, known)
         entry.propose_calls += 1
         after = getattr(proposer, "last", None)
-        from_model = -1  # a baseline: no origin to tell
+        model_keys: set[str] | None = None  # a baseline: no origin to tell
         if isinstance(after, ProposalLog) and after is not before:
             entry.add(after)
-            from_model = after.from_llm  # the proposer puts the model's strategies first, its fill after
-        for i, s in enumerate(got):
+            model_keys = set(after.from_model_keys)  # what the model wrote or chose; the rest is the fill's
+        for s in got:
             if s.key in seen or check_strategy(s, index, MAX_LENGTH):
                 continue
             seen.add(s.key)
             chosen.append(s)
-            origins.append("" if from_model < 0 else "model" if i < from_model else "fill")
+            origins.append("" if model_keys is None else "model" if s.key in model_keys else "fill")
     del origins[k:]
     return chosen[:k]
 

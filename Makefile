@@ -9,7 +9,8 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test lint protos check-protos clean bench-quick bench bench-quality bench-quality-medium bench-scaling
+.PHONY: setup demo test lint protos check-protos clean bench-quick bench bench-quality bench-quality-medium bench-proxy \
+	bench-scaling
 
 setup: $(STAMP)
 
@@ -50,6 +51,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/bench_search.py --mode quick --out bench/results
 	$(PY) bench/bench_quality.py --mode quick --out bench/results
 	$(PY) bench/bench_scaling.py --mode quick --out bench/results
+	$(PY) bench/bench_proxy.py --mode quick --out bench/results
 
 bench: $(STAMP)
 	$(PY) bench/bench_search.py --mode full --out bench/results
@@ -58,9 +60,14 @@ bench: $(STAMP)
 bench-quality: $(STAMP)
 	$(PY) bench/bench_quality.py --mode full --out bench/results
 
-# The same with the real SmolLM2-135M LoRA on one site and one seed (~20 min on 2 cores).
+# The same with the real SmolLM2-135M LoRA on one site and one seed (~32 min on 2 cores).
 bench-quality-medium: $(STAMP)
 	$(PY) bench/bench_quality.py --mode medium --out bench/results
+
+# Evaluator fidelity (bench/bench_proxy.py): does the quality proxy rank strategies as a SmolLM2-135M LoRA does?
+# hospital-c, 7 arms and 2 references, ~50 min on 2 cores.
+bench-proxy: $(STAMP)
+	$(PY) bench/bench_proxy.py --mode medium --out bench/results
 
 # Scaling (bench/bench_scaling.py): DPS, screening, cache, evaluation at 1k/10k/100k rows; 1/3/8 site processes.
 bench-scaling: $(STAMP)

@@ -121,7 +121,8 @@ from site_agent.pipeline import execute  # noqa: E402
 from site_agent.resources import SiteResources  # noqa: E402
 
 __all__ = ["AGENT", "BASELINES", "GOALS", "MODES", "PROPOSERS", "RoundLog", "SearchRun", "best_so_far",
-           "describe_agent", "llm_summary", "load_agent_settings", "main", "make_proposer", "pooled_win_rate",
+           "describe_agent", "labelled_clean_rows", "llm_summary", "load_agent_settings", "main", "make_proposer",
+           "mean_loss_delta", "model_folder", "pooled_win_rate", "prepare_sites",
            "processed_rows", "recorded_agent", "regret", "search"]
 
 log = logging.getLogger("autodp.bench")
@@ -465,7 +466,8 @@ def labelled_clean_rows(resources: SiteResources, train_file: Path) -> Batch | N
     return {col: [values[i] for i in keep] for col, values in data.items()}
 
 
-def _model_folder(name: str, texts: list[str], workdir: Path) -> Path:
+def model_folder(name: str, texts: list[str], workdir: Path) -> Path:
+    """The LoRA base: 'tiny' (built from a config on ``texts``), 'smollm2' (bundled) or an HF folder."""
     if name == "tiny":
         from tests.unit.site_agent.evaluation.tiny_model import build_tiny_model
 
@@ -803,13 +805,15 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
 
 # -- main -----------------------------------------------------------------------------------------------------------
 
-def _prepare_sites(workdir: Path, mode: Mode, seed: int) -> dict[str, SiteResources]:
+def prepare_sites(workdir: Path, *, pairs: int, sites: int, eval_per_site: int, seed: int = 0
+                  ) -> dict[str, SiteResources]:
+    """The PyCMeKG benchmark built under ``workdir`` and every site prepared (embeddings, screener, cache)."""
     from site_agent.config import SiteConfig
     from site_agent.data.benchmark import build_benchmark
     from site_agent.resources import prepare
 
-    manifest = build_benchmark(workdir / "benchmark", sites=mode.sites, seed=seed, total_pairs=mode.pairs,
-                               eval_per_site=mode.eval_per_site)
+    manifest = build_benchmark(workdir / "benchmark", sites=sites, seed=seed, total_pairs=pairs,
+                               eval_per_site=eval_per_site)
     out = {}
     unused = workdir / "unused"
     for site in manifest.sites:
@@ -905,7 +909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="autodp-bench-quality-") as tmp:
         workdir = Path(tmp)
         say(f"building the benchmark ({mode.pairs} pairs, {mode.sites} sites) and preparing every site")
-        sites = _prepare_sites(workdir, mode, 0)
+        sites = prepare_sites(workdir, pairs=mode.pairs, sites=mode.sites, eval_per_site=mode.eval_per_site)
         setup_s = run.elapsed()
         from transformers.utils import logging as hf_logging_module
 
@@ -920,7 +924,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         evaluator = create_evaluator(EvaluatorKind.QUALITY_PROXY)  # the search's by default; the ground truth's always
         model_name = args.model or mode.model
         texts = [t for r in sites.values() for b in (r.data, r.eval_data or {}) for col in b.values() for t in col]
-        folder = _model_folder(model_name, texts, workdir)
+        folder = model_folder(model_name, texts, workdir)
         search_eval: Evaluator | dict[str, Evaluator] = (
             evaluator if not args.proxy_budget_share
             else create_evaluator(EvaluatorKind.QUALITY_PROXY, budget_share=args.proxy_budget_share))

@@ -26,7 +26,8 @@ One run, in process (no gRPC), on every site of the PyCMeKG benchmark built into
    or in medium mode only ``llm`` and ``random``), the strategy is applied to all training rows of each
    site (as ``autodp site process`` does: no sampling, PTS on), a LoRA is trained on the result with the
    site agent's training loop (``run_lora``: same base model, seed, steps for every arm) and its per-item
-   loss is taken on the site's clean held-out items. Win rate of A over B: the share of held-out items of
+   loss is taken on the site's clean held-out items (picks that keep the very same rows share one LoRA: same
+   rows, same seed, same model). Win rate of A over B: the share of held-out items of
    every site (pooled) on which A's model gives the reference answer the lower loss (ties count half;
    ``site_agent.evaluation.metrics.pairwise_win_rate``). Reported: each proposer against the model trained
    on the unprocessed rows (with a 95% bootstrap interval over the items and the mean loss difference, a
@@ -114,6 +115,7 @@ from protos.catalog import check_strategy, index_catalog  # noqa: E402
 from protos.config import first_error, read_yaml_mapping, resolve_paths  # noqa: E402
 from protos.errors import AutodpError, ConfigError  # noqa: E402
 from protos.views import EvalSettings, EvaluatorKind, OperatorSpec, Strategy  # noqa: E402
+from site_agent.cache.keys import dataset_fingerprint  # noqa: E402
 from site_agent.evaluation.base import Evaluator, create_evaluator  # noqa: E402
 from site_agent.evaluation.metrics import pairwise_win_rate  # noqa: E402
 from site_agent.operators.base import Batch  # noqa: E402
@@ -1012,8 +1014,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows: dict[str, int] = {}
             per_site: dict[str, list[float]] = {}
             for s in lora_sites:
-                key = (s, strategy.key)
                 batch = processed_rows(sites[s], strategy)
+                # by the rows, not the strategy: picks that keep the very same rows (same seed, same settings) get
+                # the same LoRA, so it is trained once
+                key = (s, dataset_fingerprint(batch))
                 rows[s] = len(batch["instruction"])
                 if key not in trained:
                     trained[key] = losses(s, batch) if rows[s] else None

@@ -46,8 +46,9 @@ Writes ``search_<mode>.json``, ``search_<mode>.md`` (command, machine, date, goa
     .venv/bin/python bench/bench_search.py --evaluator lora --lora-steps 10   # LoRA scores: a training per task;
                                                            # hours on CPU for the 130 exhaustive tasks alone
 
-Every setting and every exhaustive run gets its own prefix cache and its own embedding cache (seeded with
-the embeddings set-up computed), so none finds work another one did.
+Every setting and every exhaustive run gets its own prefix cache, its own embedding cache (seeded with the
+embeddings set-up computed) and its own evaluator (the quality proxy remembers the rows it checked, the LoRA
+evaluator its baselines), so none finds work another one did.
 """
 
 from __future__ import annotations
@@ -251,19 +252,25 @@ class AblationResult:
         return [r.score for r in self.records[setting]]
 
 
+def _own(evaluator: Evaluator | Mapping[str, Evaluator], name: str) -> Evaluator:
+    """A run's own evaluator: each setting scores with its own, so what one evaluator remembers (the quality
+    proxy's checked rows, the LoRA evaluator's baselines) never speeds up another setting."""
+    return evaluator[name] if isinstance(evaluator, Mapping) else evaluator
+
+
 def ablation(resources: Mapping[str, SiteResources], settings: Mapping[str, EvalSettings], proposer: Proposer,
-             catalog: Sequence[OperatorSpec], rounds: int, k: int, evaluator: Evaluator, reference: str = "none",
-             progress: Callable[[str], None] | None = None) -> AblationResult:
+             catalog: Sequence[OperatorSpec], rounds: int, k: int, evaluator: Evaluator | Mapping[str, Evaluator],
+             reference: str = "none", progress: Callable[[str], None] | None = None) -> AblationResult:
     """Propose ``rounds`` x ``k`` strategies (history: the ``reference`` setting's scores) and run each under
     every setting, interleaved, setting ``name`` on ``resources[name]`` (its prefix cache is used only when
-    the setting has use_cache)."""
+    the setting has use_cache) with ``evaluator[name]`` when given one per setting."""
     out = AblationResult(records={name: [] for name in settings})
     history: list[ScoredStrategy] = []
     for round_no in range(rounds):
         for strategy in proposer.propose(round_no, k, catalog, history):
             out.strategies.append(strategy)
             for name, s in settings.items():
-                out.records[name].append(run_task(resources[name], strategy, s, evaluator))
+                out.records[name].append(run_task(resources[name], strategy, s, _own(evaluator, name)))
             history.append(ScoredStrategy(round_no, strategy, out.records[reference][-1].score))
         if progress:
             progress(f"round {round_no + 1}/{rounds}: {len(out.strategies)} strategies")
@@ -361,13 +368,13 @@ def llm_strategies(max_new_tokens: int = 32) -> list[Strategy]:
 
 
 def llm_ablation(resources: Mapping[str, SiteResources], settings: Mapping[str, EvalSettings],
-                 strategies: Sequence[Strategy], evaluator: Evaluator,
+                 strategies: Sequence[Strategy], evaluator: Evaluator | Mapping[str, Evaluator],
                  progress: Callable[[str], None] | None = None) -> dict[str, list[TaskRecord]]:
     """Every strategy under every setting, interleaved strategy by strategy (as :func:`ablation`)."""
     out: dict[str, list[TaskRecord]] = {name: [] for name in settings}
     for i, strategy in enumerate(strategies):
         for name, s in settings.items():
-            out[name].append(run_task(resources[name], strategy, s, evaluator))
+            out[name].append(run_task(resources[name], strategy, s, _own(evaluator, name)))
         if progress:
             progress(f"model-bound strategy {i + 1}/{len(strategies)}")
     return out
@@ -401,7 +408,8 @@ def team_space(team_ops: Mapping[Team, OperatorCall] = TEAM_OPERATORS) -> list[t
 EXHAUSTIVE_RUNS = ("truth", "truth-no-cache", "accelerated")
 
 
-def exhaustive(resources: Mapping[str, SiteResources], settings: Mapping[str, EvalSettings], evaluator: Evaluator,
+def exhaustive(resources: Mapping[str, SiteResources], settings: Mapping[str, EvalSettings],
+               evaluator: Evaluator | Mapping[str, Evaluator],
                team_ops: Mapping[Team, OperatorCall] = TEAM_OPERATORS) -> dict[str, Any]:
     """Every team-space strategy on all rows without sampling or screening, the prefix cache on (``truth``;
     with ``truth-no-cache`` in ``resources`` once more without it: the scores must agree) and with all three
@@ -409,7 +417,8 @@ def exhaustive(resources: Mapping[str, SiteResources], settings: Mapping[str, Ev
     space = team_space(team_ops)
     full = settings["none"].model_copy(update={"use_cache": True})
     run_settings = {"truth": full, "truth-no-cache": settings["none"], "accelerated": settings["dps+pts+crm"]}
-    runs = {name: [run_task(resources[name], strategy, run_settings[name], evaluator) for _, strategy in space]
+    runs = {name: [run_task(resources[name], strategy, run_settings[name], _own(evaluator, name))
+                   for _, strategy in space]
             for name in EXHAUSTIVE_RUNS if name in resources}
     truth = [r.score for r in runs["truth"]]
     lossless = (all(a.score == b.score for a, b in zip(runs["truth"], runs["truth-no-cache"], strict=True))
@@ -699,15 +708,16 @@ def write_markdown(path: Path, report: Mapping[str, Any], strategies: Sequence[S
 # -- main -----------------------------------------------------------------------------------------------------------
 
 def _evaluator(kind: EvaluatorKind, resources: SiteResources, workdir: Path, lora_steps: int,
-               lora_model: Path | None) -> Evaluator:
+               lora_model: Path | None, run: str) -> Evaluator:
+    """A fresh evaluator for one run (a setting): nothing one remembers serves another (see :func:`_own`)."""
     if kind is EvaluatorKind.LORA:
         from transformers.utils import logging as hf_logging_module
 
         hf_logging: Any = hf_logging_module  # untyped module
         hf_logging.disable_progress_bar()  # a weights-loading bar per task buries the report
         # in process: a worker process per evaluation would add its start-up to every task alike
-        return create_evaluator(kind, eval_batch=resources.eval_data, cache_dir=workdir / "lora", steps=lora_steps,
-                                model_path=lora_model, isolate=False)
+        return create_evaluator(kind, eval_batch=resources.eval_data, cache_dir=workdir / "lora" / run,
+                                steps=lora_steps, model_path=lora_model, isolate=False)
     return create_evaluator(kind)
 
 
@@ -737,7 +747,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"building the benchmark ({mode.pairs} pairs, {mode.sites} sites) and preparing site {args.site}")
         resources, site = build_site(workdir, mode, args.seed, args.site)
         settings = ablation_settings(kind, args.seed, train_steps=args.lora_steps if kind is EvaluatorKind.LORA else 0)
-        evaluator = _evaluator(kind, resources, workdir, args.lora_steps, args.lora_model)
+
+        def evaluators(names: Sequence[str], part: str) -> dict[str, Evaluator]:
+            return {n: _evaluator(kind, resources, workdir, args.lora_steps, args.lora_model, f"{part}-{n}")
+                    for n in names}
+
+        evaluator = _evaluator(kind, resources, workdir, args.lora_steps, args.lora_model, "warm-up")
         catalog = local_catalog(resources)
         proposer = create_proposer(args.proposer, seed=args.seed, max_length=3)
         # the small site's full-data embeddings (DPS, PTS) are set-up work too, not charged to a setting
@@ -748,7 +763,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"ablation: {rounds} x {k} strategies x {len(settings)} settings on {site['train_rows']} rows")
         t0 = time.perf_counter()
         per_setting = {name: isolated(resources, workdir / "settings" / name) for name in settings}
-        abl = ablation(per_setting, settings, proposer, catalog, rounds, k, evaluator, progress=say)
+        abl = ablation(per_setting, settings, proposer, catalog, rounds, k, evaluators(list(settings), "ablation"),
+                       progress=say)
         abl_s = time.perf_counter() - t0
         llm: dict[str, Any] | None = None
         if mode.llm_rows > 0 and not args.no_llm:
@@ -763,7 +779,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            prefix_cache=None, selection_memo=None)
             for strategy in llm_strategies():  # model load and first-call costs, charged to no setting
                 run_task(warm, strategy, settings["none"], evaluator)
-            records = llm_ablation(per_llm, llm_settings, llm_strategies(), evaluator, progress=say)
+            records = llm_ablation(per_llm, llm_settings, llm_strategies(), evaluators(list(llm_settings), "llm"),
+                                   progress=say)
             llm = {"rows": mode.llm_rows, "seconds": time.perf_counter() - t0,
                    "strategies": [s.describe() for s in llm_strategies()],
                    "summary": {n: summarise(r) for n, r in records.items()},
@@ -774,7 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         runs = [n for n in EXHAUSTIVE_RUNS if mode.check_lossless or n != "truth-no-cache"]
         per_run = {n: isolated(resources, workdir / "exhaustive" / n, mode.exhaustive_rows) for n in runs}
-        ex = exhaustive(per_run, settings, evaluator)
+        ex = exhaustive(per_run, settings, evaluators(runs, "exhaustive"))
         ex["seconds"] = time.perf_counter() - t0
         for r in [resources, *per_setting.values(), *per_run.values()]:
             r.close()

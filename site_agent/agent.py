@@ -82,6 +82,8 @@ class TaskRunner:
     privacy: PrivacySettings
     evaluator_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     executed: int = 0  # strategies actually run (tests assert rejections leave this at 0)
+    # the quality proxy keeps no state but its memo of checked rows, which every later task of a search reuses
+    _proxy: Evaluator | None = field(default=None, init=False, repr=False)
 
     def handle(self, raw: pb.Task) -> ResultReport | None:
         if not _IDENT.fullmatch(raw.task_id):  # fullmatch: '$' alone lets a trailing newline through
@@ -101,6 +103,10 @@ class TaskRunner:
 
     def _evaluator(self, kind: EvaluatorKind) -> Evaluator:
         options = dict(self.evaluator_options.get(kind.value, {}))
+        if kind is EvaluatorKind.QUALITY_PROXY:
+            if self._proxy is None:
+                self._proxy = create_evaluator(kind, **options)
+            return self._proxy
         if kind is EvaluatorKind.LORA:
             options.setdefault("eval_batch", self.resources.eval_data)
         return create_evaluator(kind, **options)

@@ -50,9 +50,11 @@ as they rank by this score; the default score put markup removal above the filte
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from protos.views import EvalSettings, EvaluatorKind, Metric
@@ -60,7 +62,7 @@ from site_agent.errors import EvaluationError
 from site_agent.evaluation.base import EvalOutcome, register_evaluator
 from site_agent.operators.base import Batch, batch_size
 
-__all__ = ["CHECKS", "ProxyOptions", "QualityProxyEvaluator", "quality", "row_defects"]
+__all__ = ["CHECKS", "MEMO_ROWS", "ProxyOptions", "QualityProxyEvaluator", "quality", "row_defects"]
 
 CHECKS = ("markup", "garbled", "whitespace", "short", "repetition", "duplicate", "contact")
 _CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
@@ -115,41 +117,55 @@ def _repetitive(answer: str, min_repeats: int, max_repeated_share: float) -> boo
     return top >= min_repeats and repeated / total >= max_repeated_share
 
 
-def row_defects(batch: Batch, options: ProxyOptions = ProxyOptions()) -> list[set[str]]:
-    """The defect checks that fire for each row (an empty set means the row is fine)."""
-    n = batch_size(batch)
+RowChecks = Callable[[str, str], tuple[frozenset[str], tuple[str, str]]]
+# How many rows' checks an evaluator remembers (see QualityProxyEvaluator): it holds references to their texts.
+MEMO_ROWS = 1 << 16
+
+
+def _row_checks(q: str, a: str, options: ProxyOptions) -> tuple[frozenset[str], tuple[str, str]]:
+    """The checks of one row that need no other row, and its key for the duplicate check."""
+    found: set[str] = set()
+    if _MARKUP.search(q) or _MARKUP.search(a):
+        found.add("markup")
+    if _GARBLED.search(q) or _GARBLED.search(a):
+        found.add("garbled")
+    if _WHITESPACE.search(q) or _WHITESPACE.search(a):
+        found.add("whitespace")
+    min_chars = options.min_answer_chars // 2 if _CJK.search(a) else options.min_answer_chars
+    if len(q.strip()) < 3 or len(a.strip()) < min_chars or len(_tokens(a)) < 2:
+        found.add("short")
+    if _CONTACT.search(q) or _CONTACT.search(a):
+        found.add("contact")
+    if _repetitive(a, options.min_repeats, options.max_repeated_share):
+        found.add("repetition")
+    return frozenset(found), (" ".join(q.casefold().split()), " ".join(a.casefold().split()))
+
+
+def row_defects(batch: Batch, options: ProxyOptions = ProxyOptions(), checks: RowChecks | None = None
+                ) -> list[set[str]]:
+    """The defect checks that fire for each row (an empty set means the row is fine). ``checks``: the per-row
+    checks for ``options``, e.g. a memoised one (QualityProxyEvaluator's); default: computed afresh."""
+    batch_size(batch)  # a missing column or a ragged batch: DataError
+    check = checks if checks is not None else functools.partial(_row_checks, options=options)
     seen: set[tuple[str, str]] = set()
     out: list[set[str]] = []
-    for i in range(n):
-        q, a = batch["instruction"][i], batch["answer"][i]
-        found: set[str] = set()
-        if _MARKUP.search(q) or _MARKUP.search(a):
-            found.add("markup")
-        if _GARBLED.search(q) or _GARBLED.search(a):
-            found.add("garbled")
-        if _WHITESPACE.search(q) or _WHITESPACE.search(a):
-            found.add("whitespace")
-        min_chars = options.min_answer_chars // 2 if _CJK.search(a) else options.min_answer_chars
-        if len(q.strip()) < 3 or len(a.strip()) < min_chars or len(_tokens(a)) < 2:
-            found.add("short")
-        if _CONTACT.search(q) or _CONTACT.search(a):
-            found.add("contact")
-        if _repetitive(a, options.min_repeats, options.max_repeated_share):
-            found.add("repetition")
-        key = (" ".join(q.casefold().split()), " ".join(a.casefold().split()))
+    for q, a in zip(batch["instruction"], batch["answer"], strict=True):
+        found, key = check(q, a)
+        row = set(found)
         if key in seen:
-            found.add("duplicate")
+            row.add("duplicate")
         seen.add(key)
-        out.append(found)
+        out.append(row)
     return out
 
 
-def quality(batch: Batch, n_raw: int, options: ProxyOptions = ProxyOptions()) -> float:
+def quality(batch: Batch, n_raw: int, options: ProxyOptions = ProxyOptions(), checks: RowChecks | None = None
+            ) -> float:
     """(good / n_raw) * (good / kept), or with ``budget_share`` b: (good / kept) * min(1, kept / n_raw / b); see
     the module docstring."""
     if n_raw <= 0:
         raise EvaluationError("quality needs a positive raw row count")
-    defects = row_defects(batch, options)
+    defects = row_defects(batch, options, checks)
     kept = len(defects)
     if kept == 0:
         return 0.0
@@ -160,13 +176,21 @@ def quality(batch: Batch, n_raw: int, options: ProxyOptions = ProxyOptions()) ->
 
 
 class QualityProxyEvaluator:
-    """Scores processed data against raw data with :func:`quality`; deterministic, CPU, milliseconds."""
+    """Scores processed data against raw data with :func:`quality`; deterministic, CPU, milliseconds.
+
+    It remembers the checks of the last :data:`MEMO_ROWS` distinct rows it saw: a search scores the same rows
+    over and over (the unprocessed baseline of every task, every row a strategy leaves as it was), and looking
+    a row up costs a hash where checking it costs ~0.3 ms. Same verdicts either way; the duplicate check is
+    still made per batch. The memo lives as long as the evaluator, in this process only.
+    """
 
     kind: EvaluatorKind = EvaluatorKind.QUALITY_PROXY
 
     def __init__(self, min_answer_chars: int = 20, min_repeats: int = 3,
                  max_repeated_share: float = 0.3, budget_share: float = 0.0) -> None:
         self.options = ProxyOptions(min_answer_chars, min_repeats, max_repeated_share, budget_share)
+        self._checks: RowChecks = functools.lru_cache(maxsize=MEMO_ROWS)(
+            functools.partial(_row_checks, options=self.options))
 
     def evaluate(self, processed: Batch, raw: Batch, settings: EvalSettings) -> EvalOutcome:
         if settings.evaluator is not EvaluatorKind.QUALITY_PROXY or settings.metric is not Metric.QUALITY_PROXY:
@@ -175,7 +199,7 @@ class QualityProxyEvaluator:
         n_raw = batch_size(raw)
         if n_raw == 0:
             raise EvaluationError("cannot score against an empty raw batch")
-        score = quality(processed, n_raw, self.options) - quality(raw, n_raw, self.options)
+        score = quality(processed, n_raw, self.options, self._checks) - quality(raw, n_raw, self.options, self._checks)
         return EvalOutcome(score=score, metric=Metric.QUALITY_PROXY, seconds=time.perf_counter() - start)
 
 

@@ -42,6 +42,16 @@ def test_valid_task_runs_and_releases_a_rounded_score(runner: TaskRunner) -> Non
     assert abs(report.score * 1000 - round(report.score * 1000)) < 1e-9
 
 
+def test_later_tasks_score_with_the_same_quality_proxy_and_its_memo_of_checked_rows(runner: TaskRunner) -> None:
+    first = runner.handle(task(OperatorCall.of("remove_markup"), task_id="t-1"))
+    proxy = runner._evaluator(EvaluatorKind.QUALITY_PROXY)
+    memo = proxy._checks.cache_info  # type: ignore[attr-defined]
+    checked = memo().misses
+    again = runner.handle(task(OperatorCall.of("remove_markup"), task_id="t-2"))
+    assert first is not None and again is not None and again.score == first.score
+    assert runner._evaluator(EvaluatorKind.QUALITY_PROXY) is proxy and memo().misses == checked
+
+
 @pytest.mark.parametrize(("raw", "status"), [
     (lambda: task(OperatorCall.of("no_such_op")), TaskStatus.REJECTED_UNKNOWN_OPERATOR),
     (lambda: task(OperatorCall.of("length_filter")), TaskStatus.REJECTED_OPERATOR_NOT_ALLOWED),

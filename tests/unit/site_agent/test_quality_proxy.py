@@ -4,7 +4,7 @@ import pytest
 
 from protos.views import EvalSettings, EvaluatorKind, Metric
 from site_agent.data.toy import make_toy_dataset
-from site_agent.errors import EvaluationError
+from site_agent.errors import DataError, EvaluationError
 from site_agent.evaluation import available_evaluators, create_evaluator, register_evaluator
 from site_agent.evaluation.quality_proxy import CHECKS, ProxyOptions, QualityProxyEvaluator, quality, row_defects
 from site_agent.operators import Batch
@@ -141,3 +141,27 @@ def test_evaluator_interface_and_registry() -> None:
         ev.evaluate(BATCH, BATCH, EvalSettings(metric=Metric.NEG_TOKEN_LOSS))
     with pytest.raises(EvaluationError, match="empty raw"):
         ev.evaluate(BATCH, {"instruction": [], "answer": []}, SETTINGS)
+
+
+def test_an_evaluator_looks_up_the_rows_it_checked_before_with_the_same_verdicts() -> None:
+    from site_agent.evaluation import quality_proxy
+
+    data, _ = make_toy_dataset(300, seed=5)
+    kept = _subset(data, [i for i, d in enumerate(row_defects(data)) if not d])
+    fresh = quality(kept, 300) - quality(data, 300)
+    ev = QualityProxyEvaluator()
+    memo = ev._checks.cache_info  # type: ignore[attr-defined]
+    assert ev.evaluate(kept, data, SETTINGS).score == fresh
+    checked = memo().misses
+    assert checked <= 300 and memo().maxsize == quality_proxy.MEMO_ROWS
+    # the same rows again: looked up, same score; reordered with a repeat, the duplicate check is still per batch
+    assert ev.evaluate(kept, data, SETTINGS).score == fresh and memo().misses == checked
+    idx = list(reversed(range(300))) + [0]
+    again = row_defects(_subset(data, idx), checks=ev._checks)
+    assert again == row_defects(_subset(data, idx)) and "duplicate" in again[300]
+    assert memo().misses == checked
+    # other thresholds, another evaluator, another memo
+    strict = QualityProxyEvaluator(min_answer_chars=10_000)
+    assert all("short" in d for d in row_defects(data, strict.options, strict._checks))
+    with pytest.raises(DataError, match="different lengths"):
+        row_defects({"instruction": ["a", "b"], "answer": ["c"]})

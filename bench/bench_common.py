@@ -9,10 +9,11 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunInfo", "command", "machine"]
+__all__ = ["RunInfo", "command", "machine", "provenance"]
 
 
 def machine() -> dict[str, Any]:
@@ -46,3 +47,14 @@ class RunInfo:
 
     def say(self, msg: str) -> None:
         print(f"[{self.elapsed():6.0f} s] {msg}", flush=True)
+
+
+def provenance(report: Mapping[str, Any]) -> list[str]:
+    """A result file's first lines: the command, the date and the machine (with its load, when recorded at the end
+    too as ``load_average_at_end``)."""
+    m = report["machine"]
+    load = (f"load average at start {m['load_average_at_start']}, at the end {report['load_average_at_end']} "
+            "(shared machine)" if "load_average_at_end" in report
+            else f"load average at start {m['load_average_at_start']} (shared machine: other processes ran meanwhile)")
+    return [f"- command: `{report['command']}`", f"- date: {report['date']}",
+            f"- machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, Python {m['python']}; {load}"]

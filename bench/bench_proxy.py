@@ -52,26 +52,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the LoRA base loads bundled file
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_quality and bench_search beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests' tiny model
 
-from bench_common import RunInfo  # noqa: E402
+from bench_common import RunInfo, provenance  # noqa: E402
 from bench_quality import (  # noqa: E402
     labelled_clean_rows,
+    lora_base,
     mean_loss_delta,
-    model_folder,
     pooled_win_rate,
     prepare_sites,
     processed_rows,
+    train_losses,
 )
 from bench_search import fidelity  # noqa: E402
 
-from protos.errors import AutodpError  # noqa: E402
 from protos.views import EvalSettings, EvaluatorKind, OperatorCall, Strategy  # noqa: E402
 from site_agent.evaluation.base import Evaluator, create_evaluator  # noqa: E402
 from site_agent.operators.base import Batch, batch_size  # noqa: E402
 from site_agent.resources import SiteResources  # noqa: E402
 
 __all__ = ["ARMS", "MODES", "Mode", "agreement", "main", "measure_site", "site_fidelity"]
-
-log = logging.getLogger("autodp.bench")
 
 # Strategies a search can propose over the operators that need no site-local LLM, chosen to tell the two proxy
 # scores apart: repairs in place (the default score's favourites), drops (the fixed-budget score's), and both.
@@ -223,11 +221,7 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
     m = report["mode_config"]
     lines = [
         f"# Evaluator fidelity: quality proxy against LoRA ({report['mode']} mode)", "",
-        f"- command: `{report['command']}`",
-        f"- date: {report['date']}",
-        f"- machine: {report['machine']['platform']}, {report['machine']['processor']}, "
-        f"{report['machine']['cpu_count']} CPUs, Python {report['machine']['python']}; load average at start "
-        f"{report['machine']['load_average_at_start']}, at the end {report['load_average_at_end']} (shared machine)",
+        *provenance(report),
         f"- run time: {report['run_s']:.0f} s in all (build and site preparation {report['setup_s']:.0f} s, "
         f"{report['trainings']} LoRA trainings {report['lora_s']:.0f} s); mode: {m['run_time']}",
         f"- LoRA: model {report['model']}, {m['lora_steps']} steps, batch {m['batch_size']}, seq len {m['seq_len']}, "
@@ -316,17 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"building the benchmark ({mode.pairs} pairs, {mode.sites} sites) and preparing every site")
         sites = prepare_sites(workdir, pairs=mode.pairs, sites=mode.sites, eval_per_site=mode.eval_per_site)
         setup_s = run.elapsed()
-        from transformers.utils import logging as hf_logging_module
+        from site_agent.evaluation.lora_train import TrainConfig
 
-        from site_agent.evaluation.lora_train import TrainConfig, run_lora
-
-        hf_logging: Any = hf_logging_module  # untyped module
-        hf_logging.disable_progress_bar()
-        import torch
-
-        torch.set_num_threads(1)  # as bench_quality: threads only fight over a busy 2-core box
-        texts = [t for r in sites.values() for b in (r.data, r.eval_data or {}) for col in b.values() for t in col]
-        folder = model_folder(model_name, texts, workdir)
+        folder = lora_base(model_name, sites, workdir)
         trainings = 0
         lora_s = 0.0
 
@@ -342,10 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 t = run.elapsed()
                 trainings += 1
                 try:
-                    return run_lora(folder, cfg, batch, eval_batch).losses
-                except AutodpError as e:
-                    log.warning("LoRA on site %s failed: %s", site, type(e).__name__)
-                    return None
+                    return train_losses(folder, cfg, batch, eval_batch, site)
                 finally:
                     lora_s += run.elapsed() - t
             return train

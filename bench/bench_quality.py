@@ -97,7 +97,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -105,7 +105,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the meta-agent and the LoRA base
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_search beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests' tiny model
 
-from bench_common import RunInfo  # noqa: E402
+from bench_common import RunInfo, provenance  # noqa: E402
 from bench_search import ablation_settings, isolated, local_catalog, run_task  # noqa: E402
 
 from coordinator.agent import ProposalLog  # noqa: E402
@@ -124,8 +124,11 @@ from site_agent.resources import SiteResources  # noqa: E402
 
 __all__ = ["AGENT", "BASELINES", "GOALS", "MODES", "PROPOSERS", "RoundLog", "SearchRun", "best_so_far",
            "describe_agent", "labelled_clean_rows", "llm_summary", "load_agent_settings", "main", "make_proposer",
-           "mean_loss_delta", "model_folder", "pooled_win_rate", "prepare_sites",
+           "lora_base", "mean_loss_delta", "model_folder", "pooled_win_rate", "prepare_sites", "train_losses",
            "processed_rows", "recorded_agent", "regret", "search"]
+
+if TYPE_CHECKING:
+    from site_agent.evaluation.lora_train import TrainConfig
 
 log = logging.getLogger("autodp.bench")
 BASELINES = ("random", "evolutionary", "tpe")
@@ -468,6 +471,33 @@ def labelled_clean_rows(resources: SiteResources, train_file: Path) -> Batch | N
     return {col: [values[i] for i in keep] for col, values in data.items()}
 
 
+def lora_base(name: str, sites: Mapping[str, SiteResources], workdir: Path) -> Path:
+    """Ready this process for LoRAs in process (no weights-loading bar per training; one torch thread: the tiny
+    model gains nothing from more, SmolLM2's only fight over a busy 2-core box) and return the base model's folder
+    (:func:`model_folder`, the tiny one built on the sites' texts)."""
+    from transformers.utils import logging as hf_logging_module
+
+    hf_logging: Any = hf_logging_module  # untyped module
+    hf_logging.disable_progress_bar()
+    import torch
+
+    torch.set_num_threads(1)
+    texts = [t for r in sites.values() for b in (r.data, r.eval_data or {}) for col in b.values() for t in col]
+    return model_folder(name, texts, workdir)
+
+
+def train_losses(folder: Path, cfg: TrainConfig, batch: Batch, eval_batch: Batch, site: str) -> list[float] | None:
+    """The per-item held-out losses of a LoRA trained on ``batch`` (None, logged by type only, when it fails)."""
+    from site_agent.evaluation.lora_train import run_lora
+
+    try:
+        losses: list[float] = run_lora(folder, cfg, batch, eval_batch).losses
+        return losses
+    except AutodpError as e:
+        log.warning("LoRA on site %s failed: %s", site, type(e).__name__)
+        return None
+
+
 def model_folder(name: str, texts: list[str], workdir: Path) -> Path:
     """The LoRA base: 'tiny' (built from a config on ``texts``), 'smollm2' (bundled) or an HF folder."""
     if name == "tiny":
@@ -713,11 +743,7 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
                   if report["llm"] is not None else f"{report['seeds']} seed(s)")
     lines = [
         f"# Quality benchmark ({report['mode']} mode)", "",
-        f"- command: `{report['command']}`",
-        f"- date: {report['date']}",
-        f"- machine: {report['machine']['platform']}, {report['machine']['processor']}, "
-        f"{report['machine']['cpu_count']} CPUs, Python {report['machine']['python']}; load average at start "
-        f"{report['machine']['load_average_at_start']}, at the end {report['load_average_at_end']} (shared machine)",
+        *provenance(report),
         f"- run time: {report['run_s']:.0f} s in all (build and site preparation {report['setup_s']:.0f} s, "
         f"searches {report['search_s']:.0f} s of which the meta-agent's {report['llm_search_s']:.0f} s, ground-truth "
         f"scoring {report['truth_s']:.0f} s, LoRA {report['lora_s']:.0f} s)",
@@ -913,20 +939,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"building the benchmark ({mode.pairs} pairs, {mode.sites} sites) and preparing every site")
         sites = prepare_sites(workdir, pairs=mode.pairs, sites=mode.sites, eval_per_site=mode.eval_per_site)
         setup_s = run.elapsed()
-        from transformers.utils import logging as hf_logging_module
-
-        from site_agent.evaluation.lora_train import TrainConfig, run_lora
-
-        hf_logging: Any = hf_logging_module  # untyped module
-        hf_logging.disable_progress_bar()  # a weights-loading bar per training buries the report
-        import torch
-
-        torch.set_num_threads(1)  # tiny: gains nothing from threads; SmolLM2: two fighting over a busy 2-core box
+        from site_agent.evaluation.lora_train import TrainConfig
 
         evaluator = create_evaluator(EvaluatorKind.QUALITY_PROXY)  # the search's by default; the ground truth's always
         model_name = args.model or mode.model
-        texts = [t for r in sites.values() for b in (r.data, r.eval_data or {}) for col in b.values() for t in col]
-        folder = model_folder(model_name, texts, workdir)
+        folder = lora_base(model_name, sites, workdir)
         search_eval: Evaluator | dict[str, Evaluator] = (
             evaluator if not args.proxy_budget_share
             else create_evaluator(EvaluatorKind.QUALITY_PROXY, budget_share=args.proxy_budget_share))
@@ -993,10 +1010,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert eval_batch is not None
             t = time.perf_counter()
             try:
-                return run_lora(folder, run_cfg, batch, eval_batch).losses
-            except AutodpError as e:
-                log.warning("LoRA on site %s failed: %s", site, type(e).__name__)
-                return None
+                return train_losses(folder, run_cfg, batch, eval_batch, site)
             finally:
                 say(f"  LoRA on {site}: {time.perf_counter() - t:.0f} s")
 

@@ -52,7 +52,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_search beside this file
 
-from bench_common import RunInfo  # noqa: E402
+from bench_common import RunInfo, provenance  # noqa: E402
 
 from protos.views import EvalSettings, OperatorCall, Strategy  # noqa: E402
 from site_agent.operators.base import Batch  # noqa: E402
@@ -304,11 +304,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     sizes, sites = report["sizes"], report["sites"]
     lines = [
         f"# Scaling benchmark ({report['mode']} mode)", "",
-        f"- command: `{report['command']}`",
-        f"- date: {report['date']}",
-        f"- machine: {report['machine']['platform']}, {report['machine']['processor']}, "
-        f"{report['machine']['cpu_count']} CPUs, Python {report['machine']['python']}; load average at start "
-        f"{report['machine']['load_average_at_start']} (shared machine: other processes ran meanwhile)",
+        *provenance(report),
         f"- run time: {report['run_s']:.0f} s in all (sizes {report['sizes_s']:.0f} s, sites "
         f"{report['sites_s']:.0f} s)",
         "- modes: " + "; ".join(f"{n}: sizes {', '.join(str(s) for s in c.sizes)}, sites "

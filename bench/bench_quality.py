@@ -674,9 +674,11 @@ def _common_limits(report: Mapping[str, Any], per: Mapping[str, Any], best: str,
         out.append("- The win rates come from a tiny random-init model trained for a few steps: whether they reach "
                    "a goal says nothing about quality. Medium and full mode (SmolLM2-135M) give numbers that count.")
     elif report["mode"] != "full":
-        out.append(f"- Reduced scale: {report['seeds']} seed, LoRAs of {report['mode_config']['lora_steps']} steps "
+        spread = ("one seed says nothing about the spread between searches" if report["seeds"] == 1
+                  else f"{report['seeds']} seeds give a first look at the spread between searches, not its size")
+        out.append(f"- Reduced scale: {report['seeds']} seed(s), LoRAs of {report['mode_config']['lora_steps']} steps "
                    f"on {', '.join(report['lora']['sites'])} only, picks of {', '.join(report['lora']['proposers'])} "
-                   "only; one seed says nothing about the spread between searches.")
+                   f"only; {spread}. The LoRA's own seed is 0 for every arm.")
     n_items = report["mode_config"]["eval_per_site"] * len(report["lora"]["sites"])
     out.append(f"- {n_items} held-out items per comparison: a win rate's 95% interval is about "
                f"±{1.96 * math.sqrt(0.25 / n_items):.0%} (binomial near 50%, ties aside), wider across seeds.")

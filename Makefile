@@ -65,7 +65,7 @@ bench-quality-medium: $(STAMP)
 	$(PY) bench/bench_quality.py --mode medium --out bench/results
 
 # Evaluator fidelity (bench/bench_proxy.py): does the quality proxy rank strategies as a SmolLM2-135M LoRA does?
-# hospital-c, 7 arms and 2 references, ~50 min on 2 cores.
+# hospital-c, 7 arms and 2 references, ~50-60 min on 2 cores.
 bench-proxy: $(STAMP)
 	$(PY) bench/bench_proxy.py --mode medium --out bench/results
 

@@ -111,8 +111,9 @@ MODES = {
     # bench_quality medium's LoRA settings, on the site with the most damaged rows.
     "medium": Mode(pairs=1800, sites=3, eval_per_site=50, model="smollm2", lora_steps=40, seq_len=64, batch_size=8,
                    lr=1e-3, seeds=1, lora_sites=("hospital-c",),
-                   run_time="~50 min a site alone on the shared 2-core development box: set-up ~2 min, then 9 "
-                            "SmolLM2 LoRAs of 40 steps (7 arms, 2 references), ~330 s each"),
+                   run_time="57 min (3396 s) for hospital-c on the shared 2-core development box beside two other "
+                            "benchmark runs (set-up ~2 min, then 9 SmolLM2 LoRAs of 40 steps: 7 arms, 2 references, "
+                            "~360 s each); ~50 min alone (9 x ~330 s, an estimate)"),
 }
 
 

@@ -42,10 +42,12 @@ b = steps x batch size / rows (the share of the rows such a training sees)::
     quality(batch) = (good / kept) * min(1, (kept / n_raw) / b)
 
 Precision, discounted only when fewer than a share b of the rows is kept. Dropping the defective rows then
-counts for about as much as repairing them, and dropping clean rows costs nothing above the budget. In a probe of
-SmolLM2-135M LoRAs (40 steps of 8 on one site's 600 rows, b = 0.53), four arms (the rows labelled clean,
-screening-threshold filtering, markup removal, identifier redaction) ranked by the LoRA's mean held-out loss
-as they rank by this score; the default score put markup removal above the filtering.
+counts for about as much as repairing them, and dropping clean rows costs nothing above the budget.
+``bench/bench_proxy.py`` measures how each score ranks strategies against SmolLM2-135M LoRAs trained on their
+output (40 steps of 8 on a site's 600 rows, b = 0.53; results in ``bench/results/proxy_medium*.md``): on two
+benchmark sites this score ordered every pair of seven strategies the LoRA could tell apart as the LoRA did and
+picked its best; the default score did so on one site and on the other picked a repair the LoRA could not tell
+from no processing.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ pairs the proxy orders as the LoRA does: pairs of arms whose loss differences li
 seed noise's (a proxy tie counts half). Tau over a handful of arms whose LoRA losses sit within seed noise of
 each other measures the noise; the resolved pairs are the part of the ordering the LoRA can vouch for.
 
-    .venv/bin/python bench/bench_proxy.py --mode quick                 # tiny model, every site, ~3 min
+    .venv/bin/python bench/bench_proxy.py --mode quick                 # tiny model, every site, ~1 min
     .venv/bin/python bench/bench_proxy.py --mode medium                # SmolLM2-135M on hospital-c, see MODES
     .venv/bin/python bench/bench_proxy.py --mode medium --sites hospital-a --label medium-a
 
@@ -106,8 +106,8 @@ MODES = {
     # bench_quality's quick build (1800 pairs, 3 sites, 50 held-out items each): the same sites as its probes.
     "quick": Mode(pairs=1800, sites=3, eval_per_site=50, model="tiny", lora_steps=30, seq_len=64, batch_size=8,
                   lr=1e-3, seeds=1, lora_sites=(),
-                  run_time="a few minutes on the shared 2-core development box (tiny LoRAs: seconds each); its "
-                           "random-weight model learns nothing medical, so only the plumbing is checked"),
+                  run_time="~1 min (61-65 s) on the shared 2-core development box (tiny LoRAs: about a second "
+                           "each); its random-weight model learns nothing medical, so only the plumbing is checked"),
     # bench_quality medium's LoRA settings, on the site with the most damaged rows.
     "medium": Mode(pairs=1800, sites=3, eval_per_site=50, model="smollm2", lora_steps=40, seq_len=64, batch_size=8,
                    lr=1e-3, seeds=1, lora_sites=("hospital-c",),

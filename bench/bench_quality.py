@@ -583,6 +583,12 @@ def _span(interval: Sequence[float] | None) -> str:
     return f" [{interval[0]:.0%}, {interval[1]:.0%}]" if interval else ""
 
 
+def _same_note(flags: Sequence[bool | None] | None) -> str:
+    """' (k of n seeds: same rows)' where picks of a seed kept the very same rows (a tie by construction)."""
+    known = [f for f in flags or () if f is not None]
+    return f" ({sum(known)} of {len(known)} seeds: same rows)" if any(known) else ""
+
+
 def _delta(d: float | None) -> str:
     return f", {d:+.4f}" if d is not None else ""
 
@@ -682,6 +688,12 @@ def _common_limits(report: Mapping[str, Any], per: Mapping[str, Any], best: str,
     n_items = report["mode_config"]["eval_per_site"] * len(report["lora"]["sites"])
     out.append(f"- {n_items} held-out items per comparison: a win rate's 95% interval is about "
                f"±{1.96 * math.sqrt(0.25 / n_items):.0%} (binomial near 50%, ties aside), wider across seeds.")
+    same = [f for a, row in report["win_rates"].get("same_rows", {}).items() for b, flags in row.items() if a < b
+            for f in flags if f is not None]
+    if any(same):
+        out.append(f"- {sum(same)} of {len(same)} head-to-head comparisons (pairs of proposers, per seed) are between "
+                   "picks that keep the very same rows on every LoRA site: one LoRA, a tie on every item, 50% by "
+                   "construction (marked 'same rows' in the table).")
     if share := report.get("proxy_budget_share"):
         m = report["mode_config"]
         out.append(f"- The searches scored with the quality proxy's fixed-budget score (budget_share {share:g}, about "
@@ -810,7 +822,9 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
             w["vs_unprocessed"][a], spans.get(a, [None] * len(w["vs_unprocessed"][a])),
             deltas.get(a, [None] * len(w["vs_unprocessed"][a])), strict=True)]
         row = [_pct(_mean(w["vs_unprocessed"][a])), "; ".join(per_seed)]
-        row += ["-" if a == b else _pct(_mean(w["pairwise"][a][b])) for b in names]
+        same = w.get("same_rows", {})
+        row += ["-" if a == b else _pct(_mean(w["pairwise"][a][b])) + _same_note(same.get(a, {}).get(b))
+                for b in names]
         lines.append(f"| {a} | " + " | ".join(row) + " |")
     refs = report.get("references") or {}
     if refs:
@@ -1022,6 +1036,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         trained: dict[tuple[str, str], list[float] | None] = {}
         picks: list[dict[str, Any]] = []
         pick_losses: dict[tuple[str, int], dict[str, list[float]]] = {}
+        pick_rows: dict[tuple[str, int], dict[str, str]] = {}  # per pick and LoRA site: its rows' fingerprint
         for r in runs:
             i = r.best_index()
             if i is None or r.proposer not in lora_names:
@@ -1034,6 +1049,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # by the rows, not the strategy: picks that keep the very same rows (same seed, same settings) get
                 # the same LoRA, so it is trained once
                 key = (s, dataset_fingerprint(batch))
+                pick_rows.setdefault((r.proposer, r.seed), {})[s] = key[1]
                 rows[s] = len(batch["instruction"])
                 if key not in trained:
                     trained[key] = losses(s, batch) if rows[s] else None
@@ -1087,6 +1103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairwise = {a: {b: [pooled_win_rate(pick_losses[(a, sd)], pick_losses[(b, sd)])
                         if (a, sd) in pick_losses and (b, sd) in pick_losses else None for sd in range(seeds)]
                     for b in lora_names if b != a} for a in lora_names}
+    # picks of one seed that keep the very same rows on every LoRA site: one LoRA, a tie on every item by construction
+    same_rows = {a: {b: [pick_rows[(a, sd)] == pick_rows[(b, sd)] if (a, sd) in pick_rows and (b, sd) in pick_rows
+                         else None for sd in range(seeds)] for b in lora_names if b != a} for a in lora_names}
     loss_delta = {a: [mean_loss_delta(pick_losses[(a, sd)], raw_ok) if (a, sd) in pick_losses else None
                       for sd in range(seeds)] for a in lora_names}
     intervals = {a: [win_rate_interval(pick_losses[(a, sd)], raw_ok) if (a, sd) in pick_losses else None
@@ -1129,7 +1148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "best": r.best_index(), "rounds": [asdict(e) for e in r.rounds]} for r in runs]},
         "lora": {"model": model_name, "sites": lora_sites, "proposers": lora_names, "raw_rows": raw_rows,
                  "trainings": len(trained) + len(raw)},
-        "win_rates": {"vs_unprocessed": vs_raw, "pairwise": pairwise, "vs_unprocessed_interval": intervals,
+        "win_rates": {"vs_unprocessed": vs_raw, "pairwise": pairwise, "same_rows": same_rows,
+                      "vs_unprocessed_interval": intervals,
                       "loss_delta_vs_unprocessed": loss_delta},
         "references": references,
         "picks": picks,

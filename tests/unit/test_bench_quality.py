@@ -289,3 +289,8 @@ def test_the_report_names_the_meta_agent_that_ran(bench: ModuleType) -> None:
     text = "\n".join(bench._llm_lines(llm, 3, served, "served.yaml"))
     assert "Model: backend openai, model served-model" in text and "from `--agent served.yaml`" in text
     assert "the demo's" in "\n".join(bench._llm_lines(llm, 3, bench.AGENT))
+
+
+def test_picks_that_keep_the_same_rows_are_marked_in_the_pairwise_table(bench: ModuleType) -> None:
+    assert bench._same_note([True, False, None]) == " (1 of 2 seeds: same rows)"
+    assert bench._same_note([False, None]) == "" and bench._same_note(None) == ""

@@ -716,9 +716,9 @@ def _common_limits(report: Mapping[str, Any], per: Mapping[str, Any], best: str,
                              "by this much is out of reach at this scale." if reach == "below" else ""))
     if truth:
         low = min(truth, key=lambda n: truth[n])
-        same = "is also" if low == best else "is not"
+        agrees = "is also" if low == best else "is not"
         out.append(f"- The search scores are accelerated (DPS + PTS) quality-proxy scores. The proposer with the best "
-                   f"search score ({best}) {same} the one whose picks come closest to the unaccelerated ground truth "
+                   f"search score ({best}) {agrees} the one whose picks come closest to the unaccelerated ground truth "
                    f"({low}); `search_quick.md` measured how far the PTS ranking departs from the unaccelerated "
                    "one (Kendall tau). Neither proxy is the LoRA win rate: compare the tables above.")
     return out
@@ -912,6 +912,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lora-sites", metavar="NAMES",
                     help="comma-separated sites to train the LoRAs on (e.g. hospital-c, the site with the most "
                          "damaged rows); default: the mode's (medium: the first site, full: every site)")
+    ap.add_argument("--lora-proposers", metavar="NAMES",
+                    help="comma-separated proposers whose picks get a LoRA and a win rate (default: the mode's; "
+                         "medium: llm, random); each must also be run (--proposers)")
     ap.add_argument("--no-references", action="store_true",
                     help="skip the two reference LoRAs per LoRA site (seed noise, labelled clean): e.g. when another "
                          "run of the same mode has them")
@@ -932,6 +935,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not proposers or any(p not in PROPOSERS for p in proposers) or seeds < 1 or llm_seeds < 1:
         print(f"error: --proposers takes names from {', '.join(PROPOSERS)}; seeds must be >= 1", file=sys.stderr)
+        return 2
+    chosen_lora = [p for p in (args.lora_proposers or "").split(",") if p]
+    if (args.lora_proposers is not None and not chosen_lora) or any(p not in proposers for p in chosen_lora):
+        print("error: --lora-proposers takes names given to --proposers (" + ", ".join(proposers) + ")",
+              file=sys.stderr)
         return 2
     try:
         agent = load_agent_settings(args.agent) if args.agent is not None else dict(AGENT)
@@ -1014,7 +1022,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # LoRA: unprocessed rows and the final pick of every trained proposer's searches, per LoRA site
         t0 = time.perf_counter()
-        lora_names = [n for n in proposers if n in mode.lora_proposers]
+        lora_names = [n for n in proposers if n in (chosen_lora or mode.lora_proposers)]
         lora_sites = list(sites)[: mode.lora_sites] if mode.lora_sites else list(sites)
         if chosen_sites:
             lora_sites = chosen_sites

@@ -242,6 +242,9 @@ def test_a_budget_share_out_of_range_is_one_line_and_exit_code_2(bench: ModuleTy
     assert bench.main(["--lora-sites", "hospital-z", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "hospital-a, hospital-b, hospital-c" in err and not out.exists()
+    assert bench.main(["--proposers", "llm,random", "--lora-proposers", "tpe", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--lora-proposers" in err and "llm, random" in err and not out.exists()
 
 
 def test_the_meta_agent_from_an_agent_file_proposes_through_an_openai_endpoint(bench: ModuleType,

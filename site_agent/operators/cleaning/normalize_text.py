@@ -8,7 +8,11 @@ In order, per field:
    decoded as UTF-8; the repair is kept only when that decode is valid, so correct accented text (an
    ``é`` followed by ASCII) is never touched.
 2. Unicode normalisation (``form``: NFC composes; NFKC also folds compatibility forms such as the
-   no-break space and full-width letters).
+   no-break space and full-width letters). With ``keep_cjk_punctuation`` (default on), a field that holds
+   Chinese, Japanese or Korean text keeps its punctuation and symbols as written: full-width ``，？：（）``,
+   ``～`` in ranges, ``……`` and ``℃`` are the correct forms in CJK typography, and NFKC would turn every one
+   into its ASCII look-alike (``?`` for ``？``), changing every clean row of a Chinese site and moving the
+   training data away from the text the model will be asked about. Letters, digits and spaces are still folded.
 3. Control characters are removed except newline and tab; ``\\r\\n`` and ``\\r`` become ``\\n`` first,
    and invisible zero-width characters go too.
 4. ``collapse_whitespace``: runs of spaces/tabs become one space, lines are trimmed, at most one blank
@@ -17,6 +21,7 @@ In order, per field:
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from typing import Literal, cast
@@ -47,12 +52,32 @@ _MOJIBAKE_SEQ = re.compile(
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 _H_SPACE = re.compile(r"[^\S\n]+")  # any whitespace except newline
 _BLANK_LINES = re.compile(r"\n{3,}")
+_CJK_TEXT = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+@functools.lru_cache(maxsize=4096)
+def _kept_symbol(ch: str) -> bool:
+    """Punctuation or a symbol that NFKC would replace (full-width ``？``, ``℃``, ``…``)."""
+    return unicodedata.category(ch)[0] in "PS" and unicodedata.normalize("NFKC", ch) != ch
+
+
+def _nfkc_keeping_symbols(text: str) -> str:
+    """NFKC, except for punctuation and symbols, which are only composed (NFC)."""
+    out: list[str] = []
+    start = 0
+    for i, ch in enumerate(text):
+        if not ch.isascii() and _kept_symbol(ch):
+            out += (unicodedata.normalize("NFKC", text[start:i]), ch)
+            start = i + 1
+    out.append(unicodedata.normalize("NFKC", text[start:]))
+    return "".join(out)
 
 
 class NormalizeTextParams(OperatorParams):
     form: Literal["NFC", "NFKC"] = "NFKC"
     collapse_whitespace: bool = True
     fix_mojibake: bool = True
+    keep_cjk_punctuation: bool = True
 
 
 def _redecode(seq: str) -> str:
@@ -75,10 +100,14 @@ def _strip_controls(text: str) -> str:
 
 
 def normalize(text: str, form: Literal["NFC", "NFKC"] = "NFKC", collapse_whitespace: bool = True,
-              repair_mojibake: bool = True) -> str:
+              repair_mojibake: bool = True, keep_cjk_punctuation: bool = True) -> str:
     if repair_mojibake:
         text = fix_mojibake(text)
-    text = _strip_controls(unicodedata.normalize(form, text))
+    if form == "NFKC" and keep_cjk_punctuation and _CJK_TEXT.search(text):
+        text = _nfkc_keeping_symbols(unicodedata.normalize("NFC", text))
+    else:
+        text = unicodedata.normalize(form, text)
+    text = _strip_controls(text)
     if collapse_whitespace:
         text = "\n".join(_H_SPACE.sub(" ", line).strip() for line in text.split("\n"))
         text = _BLANK_LINES.sub("\n\n", text).strip()
@@ -89,12 +118,13 @@ def normalize(text: str, form: Literal["NFC", "NFKC"] = "NFKC", collapse_whitesp
 class NormalizeText(Operator):
     name = "normalize_text"
     team = Team.CLEANING
-    version = "1"
+    version = "2"  # 2: CJK punctuation kept under NFKC (keep_cjk_punctuation)
     Params = NormalizeTextParams
 
     def apply(self, batch: Batch) -> tuple[Batch, list[bool]]:
         p = cast(NormalizeTextParams, self.params)
         out = dict(batch)
         for col in ("instruction", "answer"):
-            out[col] = [normalize(t, p.form, p.collapse_whitespace, p.fix_mojibake) for t in batch[col]]
+            out[col] = [normalize(t, p.form, p.collapse_whitespace, p.fix_mojibake, p.keep_cjk_punctuation)
+                        for t in batch[col]]
         return out, [True] * len(batch["answer"])

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from site_agent.data.toy import make_toy_dataset
 from site_agent.evaluation.quality_proxy import row_defects
 from site_agent.operators import create_operator
@@ -51,3 +53,29 @@ def test_mojibake_repair_never_touches_correct_text() -> None:
         assert fix_mojibake(text) == text
     latin1 = "Sjögren’s".encode().decode("latin-1")  # C1 control characters instead of cp1252 glyphs
     assert fix_mojibake(latin1) == "Sjögren’s"
+
+
+def test_chinese_punctuation_and_symbols_are_kept_under_nfkc() -> None:
+    # NFKC alone would turn every full-width ？，：（） into ASCII and ℃ into °C: every clean row of a Chinese
+    # site would change, and the model would learn punctuation its held-out questions never use.
+    text = "发热３８℃怎么办？  可以吃（布洛芬）吗……疗程３～５天：ｆｅｖｅｒ\u00a0好"
+    assert normalize(text) == "发热38℃怎么办？ 可以吃（布洛芬）吗……疗程3～5天：fever 好"
+    assert normalize(text, keep_cjk_punctuation=False) == "发热38°C怎么办? 可以吃(布洛芬)吗......疗程3~5天:fever 好"
+    assert normalize("ｆｅｖｅｒ？ of 38\u00a0°C") == "fever? of 38 °C"  # no CJK text: folded as before
+    clean = {"instruction": ["头痛怎么办？"], "answer": ["建议休息，必要时就医（神经内科）。"]}
+    out, stats = create_operator("normalize_text", {}).run(clean)
+    assert out == clean and stats.changed == 0
+
+
+def test_leaves_clean_benchmark_rows_of_every_site_alone(tmp_path: Path) -> None:
+    import json
+
+    from site_agent.data.benchmark import build_benchmark
+
+    manifest = build_benchmark(tmp_path, sites=3, seed=0, total_pairs=300, eval_per_site=10)
+    for site in manifest.sites:
+        rows = [json.loads(line) for line in (tmp_path / site.site_id / "train.jsonl").open(encoding="utf-8")]
+        clean = [r for r in rows if r["label"] == "clean"]
+        assert clean
+        for r in clean:
+            assert normalize(r["instruction"]) == r["instruction"] and normalize(r["answer"]) == r["answer"]

@@ -227,7 +227,9 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
         f"{report['trainings']} LoRA trainings {report['lora_s']:.0f} s); mode: {m['run_time']}",
         f"- LoRA: model {report['model']}, {m['lora_steps']} steps, batch {m['batch_size']}, seq len {m['seq_len']}, "
         f"lr {m['lr']}, seeds {', '.join(str(s) for s in range(m['seeds']))} for every arm (seed {m['seeds']} for the "
-        f"seed-noise reference); {m['eval_per_site']} held-out items per site",
+        f"seed-noise reference); {m['eval_per_site']} held-out items per site; training loss averaged per "
+        + ("answer token of a batch (`--loss-mean token`)" if report.get("loss_mean") == "token"
+           else "row (each row's mean answer-token loss weighs the same)"),
         "- arms: each applied to all the site's training rows with PTS on, as `autodp site process` applies a "
         "recipe; proxy scores against the unprocessed rows; loss difference: the arm's LoRA minus the unprocessed "
         "rows' LoRA of the same seed, mean held-out loss (nats per token; negative: better)", ""]
@@ -282,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     + " (unprocessed is always measured); default: all")
     ap.add_argument("--seeds", type=int, help="LoRA seeds per arm (default: the mode's)")
     ap.add_argument("--model", help="override the mode's LoRA model: 'tiny', 'smollm2' or an HF folder")
+    ap.add_argument("--loss-mean", choices=("row", "token"), default="row",
+                    help="how a LoRA step averages its loss (the LoRA evaluator's loss_mean option): every row's mean "
+                         "weighs the same (row, the default) or every answer token does (token)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     mode = MODES[args.mode]
@@ -324,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             def train(batch: Batch, seed: int) -> list[float] | None:
                 nonlocal trainings, lora_s
                 cfg = TrainConfig(steps=mode.lora_steps, seq_len=mode.seq_len, batch_size=mode.batch_size,
-                                  lr=mode.lr, seed=seed, lora_dropout=0.0,
+                                  lr=mode.lr, seed=seed, lora_dropout=0.0, loss_mean=args.loss_mean,
                                   dtype="float32" if model_name == "tiny" else "auto")
                 t = run.elapsed()
                 trainings += 1
@@ -351,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mode": args.mode, "command": run.command, "date": run.date, "machine": run.machine,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "run_s": run.elapsed(), "setup_s": setup_s,
         "lora_s": lora_s, "trainings": trainings, "model": model_name, "mode_config": asdict(mode_cfg),
-        "arms": {a: Strategy(calls=c).key for a, c in arms.items()}, "sites": results, "fidelity": fid}
+        "loss_mean": args.loss_mean, "arms": {a: Strategy(calls=c).key for a, c in arms.items()}, "sites": results,
+        "fidelity": fid}
     args.out.mkdir(parents=True, exist_ok=True)
     label = args.label or args.mode
     (args.out / f"proxy_{label}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

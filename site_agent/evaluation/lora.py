@@ -19,6 +19,9 @@ batch_size          rows per step; under DP the expected Poisson batch size (def
 lr                  AdamW learning rate of the LoRA matrices, constant, no weight decay (default 1e-3)
 lora_r/lora_alpha   LoRA rank and scale (default 8 / 16)
 lora_dropout        dropout on the LoRA path while training (default 0.05)
+loss_mean           "row" (default: every row's mean answer-token loss weighs the same, so an empty or one-word
+                    answer weighs as much as a long one) or "token" (the mean over the batch's answer tokens, as
+                    transformers' Trainer and TRL do); DP-SGD trains with "row" only
 target_modules      "all-linear" or comma-separated module names (default "all-linear")
 eval_batch_size     rows per scoring / generation batch (default 8)
 dtype / device      "auto" (bf16 where the hardware computes it, CUDA when present), or explicit
@@ -113,7 +116,8 @@ class LoraEvaluator:
     def __init__(self, eval_batch: Batch | None = None, cache_dir: Path | None = None, model_path: Path | None = None,
                  steps: int = 30, seq_len: int = 128, batch_size: int = 8, lr: float = 1e-3, lora_r: int = 8,
                  lora_alpha: int = 16, lora_dropout: float = 0.05, target_modules: str = "all-linear",
-                 eval_batch_size: int = 8, dtype: Literal["auto", "float32", "bfloat16"] = "auto",
+                 loss_mean: Literal["row", "token"] = "row", eval_batch_size: int = 8,
+                 dtype: Literal["auto", "float32", "bfloat16"] = "auto",
                  device: Literal["auto", "cpu", "cuda"] = "auto", threads: int = 0,
                  dp: Mapping[str, Any] | DPConfig | None = None, judge: Mapping[str, Any] | JudgeConfig | None = None,
                  timeout_s: float = 3600.0, isolate: bool = True, work_dir: Path | None = None) -> None:
@@ -133,8 +137,10 @@ class LoraEvaluator:
         # Validated now so that a bad option fails at start-up, not at the first task.
         self.template = TrainConfig(seq_len=seq_len, batch_size=batch_size, lr=lr, lora_r=lora_r,
                                     lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
-                                    eval_batch_size=eval_batch_size, dtype=dtype, device=device)
+                                    loss_mean=loss_mean, eval_batch_size=eval_batch_size, dtype=dtype, device=device)
         self.dp, self.judge = parse_dp(dp), parse_judge(judge)
+        if self.dp is not None and loss_mean != "row":
+            raise EvaluationError("LoRA options: DP-SGD clips each row's gradient, so it needs loss_mean 'row'")
         self.threads, self.timeout_s, self.isolate, self.work_dir = threads, timeout_s, isolate, work_dir
 
     def _model(self) -> Path:

@@ -38,7 +38,8 @@ from site_agent.operators.base import Batch
 from site_agent.operators.base import batch_size as n_rows
 
 __all__ = ["RunResult", "TrainConfig", "TrainStats", "eval_losses", "generate_answers", "load_model",
-           "load_tokenizer", "resolve_device", "resolve_dtype", "row_losses", "run_lora", "train", "with_lora"]
+           "load_tokenizer", "resolve_device", "resolve_dtype", "row_losses", "run_lora", "token_loss", "train",
+           "with_lora"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class TrainConfig:
     eval_batch_size: int = 8
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # How a step averages its loss: "row" (each row's mean answer-token NLL, then the mean over rows: every row
+    # weighs the same, so a one-token answer weighs as much as a long one) or "token" (the mean over all answer
+    # tokens of the batch, as transformers' Trainer and TRL's SFT do). DP-SGD clips per row: "row" only.
+    loss_mean: Literal["row", "token"] = "row"
 
     def __post_init__(self) -> None:
         checks = {"steps": 0 <= self.steps <= 100_000, "seq_len": 8 <= self.seq_len <= 32_768,
@@ -65,7 +70,7 @@ class TrainConfig:
                   "lora_dropout": 0.0 <= self.lora_dropout < 1.0, "eval_batch_size": 1 <= self.eval_batch_size <= 4096,
                   "seed": 0 <= self.seed < 2**31, "target_modules": bool(self.target_modules.strip()),
                   "dtype": self.dtype in ("auto", "float32", "bfloat16"),
-                  "device": self.device in ("auto", "cpu", "cuda")}
+                  "device": self.device in ("auto", "cpu", "cuda"), "loss_mean": self.loss_mean in ("row", "token")}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise EvaluationError(f"LoRA option out of range: {', '.join(bad)}")
@@ -148,25 +153,37 @@ def with_lora(model: Any, cfg: TrainConfig) -> Any:
         raise EvaluationError("LoRA target_modules match no module of the base model") from None
 
 
-def row_losses(model: Any, ids: Any, labels: Any, mask: Any) -> Any:
-    """Mean NLL of each row's labelled tokens (a float tensor of shape (rows,))."""
+def _nll(model: Any, ids: Any, labels: Any, mask: Any) -> tuple[Any, Any]:
+    """Each row's summed NLL of its labelled tokens and their number (two tensors of shape (rows,))."""
     import torch.nn.functional as F
 
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
     target = labels[:, 1:]
     nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
                           ignore_index=-100, reduction="none").view(target.shape)
-    counts = (target != -100).sum(dim=1).clamp(min=1)
-    return nll.sum(dim=1) / counts
+    return nll.sum(dim=1), (target != -100).sum(dim=1)
+
+
+def row_losses(model: Any, ids: Any, labels: Any, mask: Any) -> Any:
+    """Mean NLL of each row's labelled tokens (a float tensor of shape (rows,))."""
+    total, counts = _nll(model, ids, labels, mask)
+    return total / counts.clamp(min=1)
+
+
+def token_loss(model: Any, ids: Any, labels: Any, mask: Any) -> Any:
+    """Mean NLL over every labelled token of the batch (a scalar tensor)."""
+    total, counts = _nll(model, ids, labels, mask)
+    return total.sum() / counts.sum().clamp(min=1)
 
 
 def _train_step(torch: Any, forward: Any, optimizer: Any, batch: list[TokenRow], pad_id: int, device: Any,
-                dp_run: DPTraining | None) -> int:
+                dp_run: DPTraining | None, token_mean: bool = False) -> int:
     """One optimizer step on ``batch``; returns the tokens it read."""
     tokens = 0
     if batch:
         ids, labels, mask = (t.to(device) for t in collate(torch, batch, pad_id))
-        row_losses(forward, ids, labels, mask).mean().backward()
+        loss = token_loss(forward, ids, labels, mask) if token_mean else row_losses(forward, ids, labels, mask).mean()
+        loss.backward()
         tokens = int(mask.sum())
     elif dp_run is not None:
         dp_run.empty_step_grads(torch)
@@ -182,6 +199,8 @@ def train(model: Any, rows: list[TokenRow], cfg: TrainConfig, pad_id: int, *, dp
     """Train the LoRA adapters of ``model`` for ``cfg.steps`` steps on ``rows`` (no step when empty)."""
     import torch
 
+    if dp is not None and cfg.loss_mean != "row":
+        raise EvaluationError("DP-SGD clips each row's gradient: it trains with loss_mean 'row' only")
     if not rows or cfg.steps == 0:
         return TrainStats(steps=0, tokens=0, seconds=0.0)
     device = next(model.parameters()).device
@@ -207,7 +226,8 @@ def train(model: Any, rows: list[TokenRow], cfg: TrainConfig, pad_id: int, *, dp
         try:
             for step, idx in enumerate(batches):
                 guard.before_step()
-                tokens += _train_step(torch, forward, optimizer, [rows[i] for i in idx], pad_id, device, dp_run)
+                tokens += _train_step(torch, forward, optimizer, [rows[i] for i in idx], pad_id, device, dp_run,
+                                      token_mean=cfg.loss_mean == "token")
                 guard.after_step(step)
                 if on_step is not None:
                     on_step(step, model)

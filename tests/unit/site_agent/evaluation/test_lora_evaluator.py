@@ -11,6 +11,7 @@ from protos.views import EvalSettings, EvaluatorKind, Metric
 from site_agent.data.toy import make_toy_dataset
 from site_agent.errors import EvaluationError
 from site_agent.evaluation import available_evaluators, create_evaluator
+from site_agent.evaluation.dp import DPConfig
 from site_agent.evaluation.lora import LoraEvaluator
 from site_agent.operators.base import Batch
 from tests.fakes import FakeOpenAIServer, last_user_message
@@ -140,3 +141,38 @@ def test_settings_and_options_are_checked(tiny_model: Path, held_out: Batch, tmp
         _evaluator(tmp_path, held_out, tmp_path).evaluate(raw, raw, _settings())
     with pytest.raises(EvaluationError, match="match no module"):
         _evaluator(tiny_model, held_out, tmp_path / "c", target_modules="nothing_here").evaluate(raw, raw, _settings())
+
+
+def test_token_loss_weighs_tokens_where_row_loss_weighs_rows(tiny_model: Path) -> None:
+    import torch
+
+    from site_agent.evaluation.lora_data import collate, encode_batch
+
+    tok = lora_train.load_tokenizer(tiny_model)
+    model = lora_train.load_model(tiny_model, "float32", "cpu")
+    raw, _ = make_toy_dataset(3, seed=4, noise_rate=0.0)
+    batch = {"instruction": list(raw["instruction"]), "answer": [raw["answer"][0], "", raw["answer"][2]]}
+    rows = encode_batch(tok, batch, 64)
+    ids, labels, mask = collate(torch, rows, tok.pad_token_id)
+    with torch.no_grad():
+        per_row = lora_train.row_losses(model, ids, labels, mask)
+        token = lora_train.token_loss(model, ids, labels, mask)
+    counts = torch.tensor([sum(1 for t in r.labels[1:] if t != -100) for r in rows], dtype=torch.float32)
+    assert counts[1] == 1 and counts[0] > 1  # the empty answer: its end token only
+    assert float(token) == pytest.approx(float((per_row * counts).sum() / counts.sum()), rel=1e-5)
+    assert float(token) != pytest.approx(float(per_row.mean()), rel=1e-3)
+
+
+def test_loss_mean_option_trains_differently_and_is_checked(tiny_model: Path, held_out: Batch, tmp_path: Path) -> None:
+    raw, _ = make_toy_dataset(24, seed=2, noise_rate=0.5)
+    cut = {"instruction": raw["instruction"], "answer": [a if i % 3 else "" for i, a in enumerate(raw["answer"])]}
+    scores = {m: _evaluator(tiny_model, held_out, tmp_path / m, loss_mean=m).evaluate(cut, raw, _settings()).score
+              for m in ("row", "token")}
+    assert scores["row"] != pytest.approx(scores["token"], abs=1e-6)
+    with pytest.raises(EvaluationError, match="loss_mean"):
+        _evaluator(tiny_model, held_out, tmp_path, loss_mean="median")
+    with pytest.raises(EvaluationError, match="loss_mean 'row'"):
+        _evaluator(tiny_model, held_out, tmp_path, loss_mean="token", dp={"noise_multiplier": 1.0})
+    cfg = lora_train.TrainConfig(steps=1, loss_mean="token")
+    with pytest.raises(EvaluationError, match="row' only"):
+        lora_train.train(None, [], cfg, 0, dp=DPConfig(noise_multiplier=1.0))

@@ -751,6 +751,24 @@ def _llm_lines(llm: Mapping[str, Any] | None, k: int, agent: Mapping[str, Any], 
     return [*lines, ""]
 
 
+def _by_site_table(by_site: Mapping[str, Sequence[Mapping[str, Sequence[float | None]] | None]]) -> list[str]:
+    """Win rate against unprocessed and mean loss difference on each LoRA site alone (when there are several)."""
+    sites = sorted({st for per_seed in by_site.values() for got in per_seed if got for st in got})
+    if len(sites) < 2:
+        return []
+    out = ["", "The same on each site's own held-out items (mean over seeds: win rate against unprocessed, mean loss "
+           "Δ):", "", "| proposer | " + " | ".join(sites) + " |", "|---|" + "---|" * len(sites)]
+    for a, per_seed in by_site.items():
+        cells = []
+        for st in sites:
+            got = [v[st] for v in per_seed if v and st in v]
+            win = _mean([g[0] for g in got])
+            delta = _mean([g[1] for g in got])
+            cells.append(f"{_pct(win)}{_delta(delta)}")
+        out.append(f"| {a} | " + " | ".join(cells) + " |")
+    return out
+
+
 def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
     m, s = report["mode_config"], report["search"]
     seeds_note = (f"{report['seeds']} seed(s) per baseline, {report['llm_seeds']} for the meta-agent"
@@ -826,6 +844,7 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
         row += ["-" if a == b else _pct(_mean(w["pairwise"][a][b])) + _same_note(same.get(a, {}).get(b))
                 for b in names]
         lines.append(f"| {a} | " + " | ".join(row) + " |")
+    lines += _by_site_table(w.get("vs_unprocessed_by_site") or {})
     refs = report.get("references") or {}
     if refs:
         lines += ["", "References, trained beside the picks on the same site(s) with the same settings, to show what "
@@ -1118,6 +1137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       for sd in range(seeds)] for a in lora_names}
     intervals = {a: [win_rate_interval(pick_losses[(a, sd)], raw_ok) if (a, sd) in pick_losses else None
                      for sd in range(seeds)] for a in lora_names}
+    # the same on each LoRA site alone: {proposer: [per seed {site: [win rate, mean loss difference]}]}
+    by_site = {a: [{st: [pooled_win_rate({st: got}, raw_ok), mean_loss_delta({st: got}, raw_ok)]
+                    for st, got in pick_losses[(a, sd)].items() if st in raw_ok} if (a, sd) in pick_losses else None
+                   for sd in range(seeds)] for a in lora_names}
     references = {name: {"what": REFERENCES[name], "rows": ref_rows[name],
                          "vs_unprocessed": pooled_win_rate(got, raw_ok) if got else None,
                          "interval": win_rate_interval(got, raw_ok) if got else None,
@@ -1158,7 +1181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "trainings": len(trained) + len(raw)},
         "win_rates": {"vs_unprocessed": vs_raw, "pairwise": pairwise, "same_rows": same_rows,
                       "vs_unprocessed_interval": intervals,
-                      "loss_delta_vs_unprocessed": loss_delta},
+                      "loss_delta_vs_unprocessed": loss_delta, "vs_unprocessed_by_site": by_site},
         "references": references,
         "picks": picks,
     }

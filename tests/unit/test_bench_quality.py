@@ -297,3 +297,13 @@ def test_the_report_names_the_meta_agent_that_ran(bench: ModuleType) -> None:
 def test_picks_that_keep_the_same_rows_are_marked_in_the_pairwise_table(bench: ModuleType) -> None:
     assert bench._same_note([True, False, None]) == " (1 of 2 seeds: same rows)"
     assert bench._same_note([False, None]) == "" and bench._same_note(None) == ""
+
+
+def test_win_rates_by_site_get_a_table_when_there_are_several_lora_sites(bench: ModuleType) -> None:
+    by_site = {"llm": [{"hospital-a": [0.6, -0.01], "hospital-b": [0.9, -0.2]},
+                       {"hospital-a": [0.8, -0.03], "hospital-b": [0.7, -0.1]}],
+               "random": [None, {"hospital-a": [0.5, 0.0]}]}
+    text = "\n".join(bench._by_site_table(by_site))
+    assert "| proposer | hospital-a | hospital-b |" in text
+    assert "| llm | 70%, -0.0200 | 80%, -0.1500 |" in text and "| random | 50%, +0.0000 | - |" in text
+    assert bench._by_site_table({"llm": [{"hospital-a": [0.6, -0.01]}]}) == []  # one site: the pooled table says it

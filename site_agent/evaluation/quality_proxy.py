@@ -63,14 +63,13 @@ from dataclasses import dataclass
 from protos.views import EvalSettings, EvaluatorKind, Metric
 from site_agent.errors import EvaluationError
 from site_agent.evaluation.base import EvalOutcome, register_evaluator
-from site_agent.operators.base import Batch, batch_size
+from site_agent.operators.base import CJK_RANGES, Batch, batch_size
 
 __all__ = ["CHECKS", "MEMO_ROWS", "ProxyOptions", "QualityProxyEvaluator", "quality", "row_defects"]
 
 CHECKS = ("markup", "garbled", "whitespace", "short", "repetition", "duplicate", "contact")
-_CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-_CJK = re.compile(f"[{_CJK_RANGES}]")
-_TOKEN = re.compile(f"[{_CJK_RANGES}]|[^\\s{_CJK_RANGES}]+")
+_CJK = re.compile(f"[{CJK_RANGES}]")
+_TOKEN = re.compile(f"[{CJK_RANGES}]|[^\\s{CJK_RANGES}]+")
 _CONTACT = re.compile(
     r"(?<!\d)1[3-9]\d{9}(?!\d)|(?<!\d)\d{17}[\dXx](?!\d)|(?<!\d)0\d{2,3}-\d{7,8}(?!\d)"
     r"|[\w.+-]+@[\w-]+\.[\w.]+|https?://|www\.|微信|ＶＸ|(?<![A-Za-z])(?:QQ|WeChat|VX|vx)(?![A-Za-z])")

@@ -20,6 +20,7 @@ from site_agent.errors import DataError, OperatorError, SiteError
 from site_agent.operators.context import RunContext
 
 __all__ = [
+    "CJK_RANGES",
     "REQUIRED_COLUMNS",
     "Batch",
     "Operator",
@@ -30,6 +31,9 @@ __all__ = [
 
 Batch = dict[str, list[str]]
 REQUIRED_COLUMNS = ("instruction", "answer")
+# Characters of Chinese, Japanese and Korean text, for a regex class: kana, CJK ideographs (extension A, unified,
+# compatibility) and Hangul syllables.
+CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 
 
 def batch_size(batch: Batch) -> int:

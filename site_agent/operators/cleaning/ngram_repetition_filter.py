@@ -26,15 +26,14 @@ from typing import Literal, cast
 from pydantic import Field
 
 from protos.views import Team
-from site_agent.operators.base import Batch, Operator, OperatorParams
+from site_agent.operators.base import CJK_RANGES, Batch, Operator, OperatorParams
 from site_agent.operators.registry import register_operator
 
 __all__ = ["NgramRepetitionFilter", "NgramRepetitionFilterParams", "is_cjk_text", "longest_run",
            "repetition_ratio"]
 
-_CJK_CLASS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
-_CJK = re.compile(f"[{_CJK_CLASS}]")
-_TOKEN = re.compile(f"[{_CJK_CLASS}]|[^\\W{_CJK_CLASS}]+")
+_CJK = re.compile(f"[{CJK_RANGES}]")
+_TOKEN = re.compile(f"[{CJK_RANGES}]|[^\\W{CJK_RANGES}]+")
 _SPACE = re.compile(r"\s+")
 _CJK_SHARE = 1 / 3
 _RUN = re.compile(r"(.{2,50}?)\1+", re.DOTALL)

@@ -27,7 +27,7 @@ import unicodedata
 from typing import Literal, cast
 
 from protos.views import Team
-from site_agent.operators.base import Batch, Operator, OperatorParams
+from site_agent.operators.base import CJK_RANGES, Batch, Operator, OperatorParams
 from site_agent.operators.registry import register_operator
 
 __all__ = ["NormalizeText", "NormalizeTextParams", "fix_mojibake", "normalize"]
@@ -52,7 +52,7 @@ _MOJIBAKE_SEQ = re.compile(
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 _H_SPACE = re.compile(r"[^\S\n]+")  # any whitespace except newline
 _BLANK_LINES = re.compile(r"\n{3,}")
-_CJK_TEXT = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_CJK_TEXT = re.compile(f"[{CJK_RANGES}]")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -63,12 +63,11 @@ from dataclasses import dataclass
 from protos.views import EvalSettings, EvaluatorKind, Metric
 from site_agent.errors import EvaluationError
 from site_agent.evaluation.base import EvalOutcome, register_evaluator
-from site_agent.operators.base import CJK_RANGES, Batch, batch_size
+from site_agent.operators.base import CJK_CHAR, CJK_RANGES, Batch, batch_size
 
 __all__ = ["CHECKS", "MEMO_ROWS", "ProxyOptions", "QualityProxyEvaluator", "quality", "row_defects"]
 
 CHECKS = ("markup", "garbled", "whitespace", "short", "repetition", "duplicate", "contact")
-_CJK = re.compile(f"[{CJK_RANGES}]")
 _TOKEN = re.compile(f"[{CJK_RANGES}]|[^\\s{CJK_RANGES}]+")
 _CONTACT = re.compile(
     r"(?<!\d)1[3-9]\d{9}(?!\d)|(?<!\d)\d{17}[\dXx](?!\d)|(?<!\d)0\d{2,3}-\d{7,8}(?!\d)"
@@ -133,7 +132,7 @@ def _row_checks(q: str, a: str, options: ProxyOptions) -> tuple[frozenset[str], 
         found.add("garbled")
     if _WHITESPACE.search(q) or _WHITESPACE.search(a):
         found.add("whitespace")
-    min_chars = options.min_answer_chars // 2 if _CJK.search(a) else options.min_answer_chars
+    min_chars = options.min_answer_chars // 2 if CJK_CHAR.search(a) else options.min_answer_chars
     if len(q.strip()) < 3 or len(a.strip()) < min_chars or len(_tokens(a)) < 2:
         found.add("short")
     if _CONTACT.search(q) or _CONTACT.search(a):

@@ -8,6 +8,7 @@ that cleaning (rewrite) and selection (keep flags) operators share one shape.
 
 from __future__ import annotations
 
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from site_agent.errors import DataError, OperatorError, SiteError
 from site_agent.operators.context import RunContext
 
 __all__ = [
+    "CJK_CHAR",
     "CJK_RANGES",
     "REQUIRED_COLUMNS",
     "Batch",
@@ -34,6 +36,7 @@ REQUIRED_COLUMNS = ("instruction", "answer")
 # Characters of Chinese, Japanese and Korean text, for a regex class: kana, CJK ideographs (extension A, unified,
 # compatibility) and Hangul syllables.
 CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+CJK_CHAR = re.compile(f"[{CJK_RANGES}]")  # one such character
 
 
 def batch_size(batch: Batch) -> int:

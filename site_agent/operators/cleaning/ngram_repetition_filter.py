@@ -26,13 +26,12 @@ from typing import Literal, cast
 from pydantic import Field
 
 from protos.views import Team
-from site_agent.operators.base import CJK_RANGES, Batch, Operator, OperatorParams
+from site_agent.operators.base import CJK_CHAR, CJK_RANGES, Batch, Operator, OperatorParams
 from site_agent.operators.registry import register_operator
 
 __all__ = ["NgramRepetitionFilter", "NgramRepetitionFilterParams", "is_cjk_text", "longest_run",
            "repetition_ratio"]
 
-_CJK = re.compile(f"[{CJK_RANGES}]")
 _TOKEN = re.compile(f"[{CJK_RANGES}]|[^\\W{CJK_RANGES}]+")
 _SPACE = re.compile(r"\s+")
 _CJK_SHARE = 1 / 3
@@ -42,7 +41,7 @@ _RUN = re.compile(r"(.{2,50}?)\1+", re.DOTALL)
 def is_cjk_text(text: str) -> bool:
     """True when at least a third of the visible characters are CJK (Han, kana, hangul)."""
     visible = len(_SPACE.sub("", text))
-    return visible > 0 and len(_CJK.findall(text)) >= _CJK_SHARE * visible
+    return visible > 0 and len(CJK_CHAR.findall(text)) >= _CJK_SHARE * visible
 
 
 def _ratio(tokens: list[str], n: int) -> float:

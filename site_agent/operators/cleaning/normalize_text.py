@@ -27,7 +27,7 @@ import unicodedata
 from typing import Literal, cast
 
 from protos.views import Team
-from site_agent.operators.base import CJK_RANGES, Batch, Operator, OperatorParams
+from site_agent.operators.base import CJK_CHAR, Batch, Operator, OperatorParams
 from site_agent.operators.registry import register_operator
 
 __all__ = ["NormalizeText", "NormalizeTextParams", "fix_mojibake", "normalize"]
@@ -52,7 +52,6 @@ _MOJIBAKE_SEQ = re.compile(
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 _H_SPACE = re.compile(r"[^\S\n]+")  # any whitespace except newline
 _BLANK_LINES = re.compile(r"\n{3,}")
-_CJK_TEXT = re.compile(f"[{CJK_RANGES}]")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -103,7 +102,7 @@ def normalize(text: str, form: Literal["NFC", "NFKC"] = "NFKC", collapse_whitesp
               repair_mojibake: bool = True, keep_cjk_punctuation: bool = True) -> str:
     if repair_mojibake:
         text = fix_mojibake(text)
-    if form == "NFKC" and keep_cjk_punctuation and _CJK_TEXT.search(text):
+    if form == "NFKC" and keep_cjk_punctuation and CJK_CHAR.search(text):
         text = _nfkc_keeping_symbols(unicodedata.normalize("NFC", text))
     else:
         text = unicodedata.normalize(form, text)

@@ -125,7 +125,7 @@ from site_agent.resources import SiteResources  # noqa: E402
 __all__ = ["AGENT", "BASELINES", "GOALS", "MODES", "PROPOSERS", "RoundLog", "SearchRun", "best_so_far",
            "describe_agent", "labelled_clean_rows", "llm_summary", "load_agent_settings", "main", "make_proposer",
            "lora_base", "mean_loss_delta", "model_folder", "pooled_win_rate", "prepare_sites", "train_losses",
-           "processed_rows", "recorded_agent", "regret", "search"]
+           "undamaged_rows", "processed_rows", "recorded_agent", "regret", "search"]
 
 if TYPE_CHECKING:
     from site_agent.evaluation.lora_train import TrainConfig
@@ -454,9 +454,9 @@ def win_rate_interval(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence
     return rates[int(0.025 * draws)], rates[min(draws - 1, int(0.975 * draws))]
 
 
-def labelled_clean_rows(resources: SiteResources, train_file: Path) -> Batch | None:
-    """The rows of the site's training file whose generator label is ``clean`` (None when the file's rows are not
-    the loaded rows, in order: the reference is then skipped rather than guessed)."""
+def _file_labels(resources: SiteResources, train_file: Path) -> list[str] | None:
+    """The generator label of every row of the site's training file; None when the file's rows are not the loaded
+    rows, in order (a reference built on them is then skipped rather than guessed)."""
     labels: list[str] = []
     firsts: list[str] = []
     with train_file.open(encoding="utf-8") as f:
@@ -464,11 +464,36 @@ def labelled_clean_rows(resources: SiteResources, train_file: Path) -> Batch | N
             row = json.loads(line)
             labels.append(str(row.get("label", "")))
             firsts.append(str(row.get("instruction", "")))
-    data = resources.data
-    if len(labels) != len(data["instruction"]) or firsts != list(data["instruction"]):
+    return labels if firsts == list(resources.data["instruction"]) else None
+
+
+def labelled_clean_rows(resources: SiteResources, train_file: Path) -> Batch | None:
+    """The rows of the site's training file whose generator label is ``clean`` (None when the file's rows are not
+    the loaded rows, in order: the reference is then skipped rather than guessed)."""
+    labels = _file_labels(resources, train_file)
+    if labels is None:
         return None
     keep = [i for i, label in enumerate(labels) if label == "clean"]
-    return {col: [values[i] for i in keep] for col, values in data.items()}
+    return {col: [values[i] for i in keep] for col, values in resources.data.items()}
+
+
+def undamaged_rows(resources: SiteResources, site: str, train_file: Path, *, pairs: int, sites: int,
+                   eval_per_site: int, seed: int = 0) -> Batch | None:
+    """The site's training rows as the generator made them before damaging any (``build_rows(damage=False)`` with
+    the build's parameters): every fact of the site once, undamaged, in the loaded rows' order. None when they do
+    not line up with the loaded rows (the rows labelled clean must be the very same), rather than a guess."""
+    from site_agent.data.benchmark.build import build_rows
+
+    labels = _file_labels(resources, train_file)
+    _, rows = build_rows(sites=sites, seed=seed, total_pairs=pairs, eval_per_site=eval_per_site, damage=False)
+    plain = rows.get(site, ([], []))[0]
+    data = resources.data
+    if labels is None or len(plain) != len(labels) or set(data) != {"instruction", "answer"}:
+        return None
+    for i, label in enumerate(labels):
+        if label == "clean" and (plain[i].instruction, plain[i].answer) != (data["instruction"][i], data["answer"][i]):
+            return None
+    return {"instruction": [r.instruction for r in plain], "answer": [r.answer for r in plain]}
 
 
 def lora_base(name: str, sites: Mapping[str, SiteResources], workdir: Path) -> Path:

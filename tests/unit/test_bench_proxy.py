@@ -74,8 +74,12 @@ def test_a_toy_site_is_measured_with_real_loras(bench: ModuleType, tmp_path: Pat
     arms = {"unprocessed": (), "remove_markup": (OperatorCall.of("remove_markup"),),
             "exact_dedup": (OperatorCall.of("exact_dedup"),)}
     oracle = {c: v[:30] for c, v in site.data.items()}
-    out = bench.measure_site(site, arms, oracle, 0.5, losses, seeds=1)
+    ceiling = {c: v[15:] for c, v in site.data.items()}
+    out = bench.measure_site(site, arms, oracle, 0.5, losses, seeds=1, ceiling=ceiling)
+    bare = bench.measure_site(site, {"unprocessed": ()}, None, 0.5, losses, seeds=1)
     site.close()
+    assert bare["oracle"] is None and bare["ceiling"] is None
+    del trained[6:]
     a = out["arms"]
     assert out["raw_rows"] == 60 and set(a) == set(arms)
     # the unprocessed arm is the baseline: score 0, loss difference 0, a tie on every item; trained once per seed
@@ -84,8 +88,10 @@ def test_a_toy_site_is_measured_with_real_loras(bench: ModuleType, tmp_path: Pat
     assert a["exact_dedup"]["rows"] <= 60 and a["remove_markup"]["rows"] == 60
     assert all(isinstance(x["loss_delta_mean"], float) for x in a.values())
     assert out["oracle"]["rows"] == 30 and out["oracle"]["strategy"] == "(the labelled-clean rows)"
-    # unprocessed (seed 0), two arms, the oracle, the seed-noise reference (seed 1)
-    assert trained[0] == (60, 0) and trained[-1] == (60, 1) and len(trained) == 5
+    assert out["ceiling"]["rows"] == 45 and out["ceiling"]["strategy"] == "(every row before the generator damaged it)"
+    assert isinstance(out["ceiling"]["win_rate_mean"], float)
+    # unprocessed (seed 0), two arms, the oracle, the ceiling, the seed-noise reference (seed 1)
+    assert trained[0] == (60, 0) and trained[-1] == (60, 1) and len(trained) == 6
     assert out["seed_noise"] is not None and out["seed_noise"] >= 0.0
     f = bench.site_fidelity(out)
     assert set(f) == {"default", "budget"} and f["default"]["n"] == 3

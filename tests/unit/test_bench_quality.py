@@ -95,6 +95,31 @@ def test_labelled_clean_rows_keep_the_clean_rows_of_the_loaded_data_or_nothing(b
     site.close()
 
 
+def test_undamaged_rows_are_the_sites_facts_before_the_damage_or_nothing(bench: ModuleType, tmp_path: Path) -> None:
+    import json
+
+    from site_agent.data.benchmark import build_benchmark
+
+    build = {"sites": 3, "total_pairs": 300, "eval_per_site": 10}
+    build_benchmark(tmp_path / "b", **build)
+    train = tmp_path / "b" / "hospital-c" / "train.jsonl"
+    rows = [json.loads(line) for line in train.read_text(encoding="utf-8").splitlines()]
+    data = {"instruction": [r["instruction"] for r in rows], "answer": [r["answer"] for r in rows]}
+    site = SiteResources(data=data, eval_data=None, embedder=None, embedding_cache=None, screener=None,
+                         screening_report=None, prefix_cache=PrefixCache(tmp_path / "c", 16 << 20, durable=False),
+                         llm_factory=None)
+    plain = bench.undamaged_rows(site, "hospital-c", train, pairs=300, sites=3, eval_per_site=10)
+    assert plain is not None and len(plain["instruction"]) == len(rows)
+    same = [i for i, r in enumerate(rows) if r["label"] == "clean"]
+    assert 0 < len(same) < len(rows)
+    assert all((plain["instruction"][i], plain["answer"][i]) == (rows[i]["instruction"], rows[i]["answer"])
+               for i in same)
+    assert plain != data
+    # another build's rows (other parameters) do not line up with the loaded ones: nothing, not a guess
+    assert bench.undamaged_rows(site, "hospital-c", train, pairs=300, sites=3, eval_per_site=10, seed=1) is None
+    site.close()
+
+
 def test_search_scores_every_strategy_on_every_site_at_the_budget(bench: ModuleType, tmp_path: Path) -> None:
     sites = {"a": _site(tmp_path / "a", 0), "b": _site(tmp_path / "b", 1)}
     settings = EvalSettings(evaluator=EvaluatorKind.QUALITY_PROXY, sample_rate_permille=1000, use_screening=False)

@@ -82,9 +82,13 @@ def _check(sites: int, total_pairs: int, eval_per_site: int) -> None:
         raise DataError(f"evaluation pairs per site must be within [0, {MAX_EVAL_PER_SITE}], got {eval_per_site}")
 
 
-def build_rows(*, sites: int = 3, seed: int = 0, total_pairs: int = 12000, eval_per_site: int = 200
-               ) -> tuple[BenchmarkManifest, dict[str, tuple[list[LabelledRow], list[QAPair]]]]:
-    """The benchmark in memory: the manifest and, per site id, (training rows, evaluation pairs)."""
+def build_rows(*, sites: int = 3, seed: int = 0, total_pairs: int = 12000, eval_per_site: int = 200,
+               damage: bool = True) -> tuple[BenchmarkManifest, dict[str, tuple[list[LabelledRow], list[QAPair]]]]:
+    """The benchmark in memory: the manifest and, per site id, (training rows, evaluation pairs).
+
+    ``damage=False`` leaves out the noise injection: every site's training rows as generated, all labelled clean,
+    in the same order as the damaged build's (row ``i`` is the fact the damaged build's row ``i`` was made from).
+    Benchmarks train on it as a ceiling: what a strategy that repaired every damaged row perfectly would give."""
     _check(sites, total_pairs, eval_per_site)
     facts, stats = _facts()
     if total_pairs + sites * eval_per_site > len(facts):
@@ -100,10 +104,11 @@ def build_rows(*, sites: int = 3, seed: int = 0, total_pairs: int = 12000, eval_
         rng = random.Random(f"phrase:{seed}:{spec.site_id}")
         train_pairs = [render_fact(f, rng) for f in split.train]
         eval_pairs = [render_fact(f, rng) for f in split.eval]
-        train = inject_noise(train_pairs, rate=spec.noise_rate, mix=spec.noise_mix, seed=f"{seed}:{spec.site_id}")
+        train = inject_noise(train_pairs, rate=spec.noise_rate if damage else 0.0, mix=spec.noise_mix,
+                             seed=f"{seed}:{spec.site_id}")
         rows[spec.site_id] = (train, eval_pairs)
         site_manifests.append(SiteManifest(
-            spec.site_id, spec.noise_profile, spec.noise_rate, len(train), len(eval_pairs),
+            spec.site_id, spec.noise_profile, spec.noise_rate if damage else 0.0, len(train), len(eval_pairs),
             _counts(r.label for r in train), _counts(r.department for r in train),
             _counts(p.department for p in eval_pairs)))
     source = {"subjects": stats.subjects, "skipped_subjects": stats.skipped_subjects,

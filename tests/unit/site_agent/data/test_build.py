@@ -146,3 +146,24 @@ def test_more_sites_and_bad_arguments(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(DataError, match="could not be written"):
         build_benchmark(tmp_path / "file", total_pairs=100, eval_per_site=5)
+
+
+def test_undamaged_build_is_the_damaged_build_before_its_noise() -> None:
+    """``damage=False``: the same facts in the same order, none damaged; the damaged build's clean rows are the very
+    same rows, and its damaged rows differ from theirs (the ceiling a repair could reach)."""
+    small = {"sites": 3, "total_pairs": 600, "eval_per_site": 20}
+    manifest, damaged = build_rows(**small)
+    plain_manifest, plain = build_rows(**small, damage=False)
+    assert [s.noise_rate for s in plain_manifest.sites] == [0.0, 0.0, 0.0]
+    for site in manifest.sites:
+        rows, evals = damaged[site.site_id]
+        clean_rows, clean_evals = plain[site.site_id]
+        assert clean_evals == evals and len(clean_rows) == len(rows) == site.train_rows
+        assert {r.label for r in clean_rows} == {"clean"}
+        changed = 0
+        for r, c in zip(rows, clean_rows, strict=True):
+            if r.label == "clean":
+                assert r == c
+            else:
+                changed += (r.instruction, r.answer) != (c.instruction, c.answer)
+        assert changed >= 0.9 * sum(r.label != "clean" for r in rows) > 0

@@ -31,10 +31,11 @@ One run, in process (no gRPC), on every site of the PyCMeKG benchmark built into
    every site (pooled) on which A's model gives the reference answer the lower loss (ties count half;
    ``site_agent.evaluation.metrics.pairwise_win_rate``). Reported: each proposer against the model trained
    on the unprocessed rows (with a 95% bootstrap interval over the items and the mean loss difference, a
-   steadier measure), and each proposer against each other, same seed. Beside the picks, two references on
+   steadier measure), and each proposer against each other, same seed. Beside the picks, three references on
    the same sites and settings (:data:`REFERENCES`): the unprocessed rows with another LoRA seed (how far seed
-   noise alone moves a win rate) and only the rows the benchmark labelled clean (an oracle: what dropping
-   every damaged row is worth at this scale).
+   noise alone moves a win rate), only the rows the benchmark labelled clean (an oracle: what dropping every
+   damaged row is worth at this scale) and every row as generated before the damage (the ceiling of cleaning:
+   what repairing every damaged row perfectly is worth).
 
 ``--search-evaluator lora`` scores the searches' strategies with the LoRA evaluator instead of the quality
 proxy (the paper's method: the mode's LoRA model and steps on the DPS sample, neg token loss on each site's
@@ -139,6 +140,8 @@ REFERENCES = {
     "seed_noise": "the unprocessed rows again, LoRA seed 1 instead of 0: how far seed noise alone moves a win rate",
     "labelled_clean": "only the rows the benchmark generator labelled clean (an oracle no strategy can be: it reads "
                       "the labels): what dropping every damaged row, and nothing else, is worth",
+    "undamaged": "every row as the benchmark generator made it, before it damaged any (no strategy can be it "
+                 "either): what repairing every damaged row perfectly is worth, the ceiling of cleaning",
 }
 MAX_LENGTH = 3  # the search's default max_strategy_length
 # The meta-agent's settings in the demo configuration (coordinator/demo.py), validated as the search's config is.
@@ -164,7 +167,7 @@ class Mode:
     lora_proposers: tuple[str, ...] = PROPOSERS  # whose picks get a LoRA (and a win rate)
     lora_sites: int = 0  # LoRAs on the first N sites only (0: every site)
     truth_build: str = ""  # ground_truth_<build>.json of bench_search for the same build ("": this mode's name)
-    references: bool = True  # two more LoRAs per LoRA site: seed noise and the labelled-clean rows (see REFERENCES)
+    references: bool = True  # three more LoRAs per LoRA site: seed noise, labelled clean, undamaged (REFERENCES)
 
 
 # Measured 2026-12 on the shared 2-core development box (load average 2-5 from other processes).
@@ -174,7 +177,8 @@ _QUICK_TIME = ("under 10 min: 561 s and 585 s in two runs on the shared 2-core d
 _MEDIUM_TIME = ("~32 min alone on the shared 2-core development box: set-up, searches and ground truth ~4 min, then 5 "
                 "SmolLM2 LoRAs of 40 steps (unprocessed, two picks, two references), ~330 s each (loading, ~7 s a "
                 "step, scoring the 50 held-out items; 20 min measured with 3 LoRAs at load average 2-6); 44 min "
-                "(2621 s) measured beside two other runs of this benchmark, ~520 s a LoRA")
+                "(2621 s) measured beside two other runs of this benchmark, ~520 s a LoRA; the third reference "
+                "(undamaged rows, added later) one LoRA more")
 MODES = {
     # Same build as bench_search quick (1800 pairs, 3 sites, 50 held-out): its ground truth applies.
     "quick": Mode(pairs=1800, sites=3, eval_per_site=50, rounds=3, k=6, seeds=3, llm_seeds=2, model="tiny",
@@ -653,13 +657,16 @@ def _goal_lines(report: Mapping[str, Any]) -> list[str]:
              f"- win rate of {who}'s picks against random search's picks >= {GOALS['vs_random']:.0%}: {vs_r}"
              f"{with_base('vs_random')}{note}"]
     refs = report.get("references") or {}
-    noise, clean = refs.get("seed_noise"), refs.get("labelled_clean")
+    noise, clean, plain = refs.get("seed_noise"), refs.get("labelled_clean"), refs.get("undamaged")
     if noise and clean and report["lora"]["model"] != "tiny":
         lines.append(f"- for scale, on the same site(s) and settings: a second LoRA on the unprocessed rows with "
                      f"another seed wins {_pct(noise['vs_unprocessed'])}{_span(noise['interval'])} against the "
                      f"first (seed noise alone); keeping only the rows labelled clean, an oracle, wins "
                      f"{_pct(clean['vs_unprocessed'])}{_span(clean['interval'])} (mean loss Δ "
-                     f"{_fmt(clean['loss_delta'], 4)})")
+                     f"{_fmt(clean['loss_delta'], 4)})"
+                     + (f"; every row undamaged, the ceiling of cleaning, wins {_pct(plain['vs_unprocessed'])}"
+                        f"{_span(plain['interval'])} (mean loss Δ {_fmt(plain['loss_delta'], 4)})"
+                        if plain and plain["vs_unprocessed"] is not None else ""))
     return lines
 
 
@@ -727,9 +734,19 @@ def _common_limits(report: Mapping[str, Any], per: Mapping[str, Any], best: str,
                    "flags dropped, few clean ones), so proposers can pick different strategies that keep the very "
                    "same rows; such picks win 50% against each other by construction (ties count half).")
     refs = report.get("references") or {}
-    clean, noise = refs.get("labelled_clean"), refs.get("seed_noise")
+    clean, noise, plain = refs.get("labelled_clean"), refs.get("seed_noise"), refs.get("undamaged")
     if clean and noise and clean["vs_unprocessed"] is not None and report["lora"]["model"] != "tiny":
         reach = ("below" if clean["vs_unprocessed"] < GOALS["vs_unprocessed"] else "at or above")
+        if plain and plain["vs_unprocessed"] is not None:
+            top = "below" if plain["vs_unprocessed"] < GOALS["vs_unprocessed"] else "at or above"
+            ceiling = (f" Repairing every damaged row perfectly (the undamaged rows, the ceiling of cleaning) wins "
+                       f"{_pct(plain['vs_unprocessed'])}, {top} the goal" + (
+                           ": no cleaning strategy, whatever the search, can be expected to reach it at this scale "
+                           "(only selecting among the clean rows or adding new ones could pass the ceiling)."
+                           if top == "below" else "."))
+        else:
+            ceiling = (" The oracle is not a strict ceiling (repairing a row keeps it), but a goal it misses by this "
+                       "much is out of reach at this scale." if reach == "below" else "")
         out.append(f"- What this scale can show: dropping every damaged row (the labelled-clean oracle) wins "
                    f"{_pct(clean['vs_unprocessed'])} against unprocessed, {reach} the {GOALS['vs_unprocessed']:.0%} "
                    f"goal, with a mean loss Δ of {_fmt(clean['loss_delta'], 4)} against seed noise's "
@@ -737,8 +754,7 @@ def _common_limits(report: Mapping[str, Any], per: Mapping[str, Any], best: str,
                    f"win). A LoRA of {report['mode_config']['lora_steps']} steps sees "
                    f"{report['mode_config']['lora_steps'] * report['mode_config']['batch_size']} rows: cleaning "
                    "shifts the loss of many items a little, which moves the mean loss more than the share of items "
-                   "won." + (" The oracle is not a strict ceiling (repairing a row keeps it), but a goal it misses "
-                             "by this much is out of reach at this scale." if reach == "below" else ""))
+                   "won." + ceiling)
     if truth:
         low = min(truth, key=lambda n: truth[n])
         agrees = "is also" if low == best else "is not"
@@ -960,8 +976,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="comma-separated proposers whose picks get a LoRA and a win rate (default: the mode's; "
                          "medium: llm, random); each must also be run (--proposers)")
     ap.add_argument("--no-references", action="store_true",
-                    help="skip the two reference LoRAs per LoRA site (seed noise, labelled clean): e.g. when another "
-                         "run of the same mode has them")
+                    help="skip the three reference LoRAs per LoRA site (seed noise, labelled clean, undamaged): e.g. "
+                         "when another run of the same mode has them")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     mode = MODES[args.mode]
@@ -1117,11 +1133,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ref_rows["seed_noise"][s] = len(sites[s].data["instruction"])
             if (got := losses(s, sites[s].data, replace(cfg, seed=1))) is not None:
                 refs["seed_noise"][s] = got
-            clean = labelled_clean_rows(sites[s], workdir / "benchmark" / s / "train.jsonl")
-            if clean is not None and clean["instruction"]:
-                ref_rows["labelled_clean"][s] = len(clean["instruction"])
-                if (got := losses(s, clean)) is not None:
-                    refs["labelled_clean"][s] = got
+            train_file = workdir / "benchmark" / s / "train.jsonl"
+            ceiling = undamaged_rows(sites[s], s, train_file, pairs=mode.pairs, sites=mode.sites,
+                                     eval_per_site=mode.eval_per_site)
+            for name, ref in (("labelled_clean", labelled_clean_rows(sites[s], train_file)), ("undamaged", ceiling)):
+                if ref is not None and ref["instruction"]:
+                    ref_rows[name][s] = len(ref["instruction"])
+                    if (got := losses(s, ref)) is not None:
+                        refs[name][s] = got
         lora_s = time.perf_counter() - t0
         n_refs = sum(len(v) for v in refs.values())
         say(f"LoRA: {len(trained) + len(raw) + n_refs} trainings in {lora_s:.0f} s")

@@ -120,6 +120,31 @@ def test_undamaged_rows_are_the_sites_facts_before_the_damage_or_nothing(bench: 
     site.close()
 
 
+def test_the_report_names_the_ceiling_of_cleaning_when_the_undamaged_reference_ran(bench: ModuleType,
+                                                                                  tmp_path: Path) -> None:
+    import copy
+    import json
+
+    results = Path(__file__).resolve().parents[2] / "bench" / "results"
+    report = json.loads((results / "quality_medium-c.json").read_text(encoding="utf-8"))  # a real SmolLM2 report
+    assert set(report["references"]) == {"seed_noise", "labelled_clean"}
+    before = tmp_path / "before.md"
+    bench.write_markdown(before, report)
+    assert "ceiling" not in before.read_text(encoding="utf-8").split("## What limits")[1]
+    for win, verdict in ((0.71, "below the goal: no cleaning strategy"), (0.9, "at or above the goal.")):
+        with_ceiling = copy.deepcopy(report)
+        with_ceiling["references"]["undamaged"] = {"what": bench.REFERENCES["undamaged"], "rows": {"hospital-c": 600},
+                                                   "vs_unprocessed": win, "interval": [win - 0.1, win + 0.1],
+                                                   "loss_delta": -0.2}
+        out = tmp_path / f"{win}.md"
+        bench.write_markdown(out, with_ceiling)
+        text = out.read_text(encoding="utf-8")
+        assert f"every row undamaged, the ceiling of cleaning, wins {win:.0%}" in text
+        assert f"| undamaged | {bench.REFERENCES['undamaged']} | hospital-c: 600 | {win:.0%}" in text
+        assert f"the ceiling of cleaning) wins {win:.0%}, {verdict}" in text
+        assert "The oracle is not a strict ceiling" not in text
+
+
 def test_search_scores_every_strategy_on_every_site_at_the_budget(bench: ModuleType, tmp_path: Path) -> None:
     sites = {"a": _site(tmp_path / "a", 0), "b": _site(tmp_path / "b", 1)}
     settings = EvalSettings(evaluator=EvaluatorKind.QUALITY_PROXY, sample_rate_permille=1000, use_screening=False)

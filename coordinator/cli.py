@@ -153,5 +153,9 @@ def report(record: Path = typer.Argument(..., help="a search's JSON record"),
         return data
 
     out = html or record.with_suffix(".html")
-    write_html(out, load(record), [load(c) for c in compare])
+    data, others = load(record), [load(c) for c in compare]
+    try:
+        write_html(out, data, others)
+    except OSError as e:
+        raise _fail(f"{out}: cannot write the report ({type(e).__name__})") from None
     typer.echo(f"report written to {out}", err=True)

@@ -1,10 +1,10 @@
 """``autodp demo run``: a real multi-site search on localhost.
 
 It provisions a fresh federation (CA, coordinator and site certificates, audit keys), gives each site its
-own data (the TOY placeholder dataset until the benchmark builder lands), starts the coordinator and the
-sites as separate processes talking gRPC over mutual TLS on 127.0.0.1, waits for the search, stops
-everything cleanly, then verifies every audit log and cross-checks each site's log against the
-coordinator's. Each process is started through the public CLI, exactly as a hospital would run it.
+own part of the PyCMeKG medical QA benchmark, starts the coordinator and the sites as separate processes
+talking gRPC over mutual TLS on 127.0.0.1, waits for the search, stops everything cleanly, then verifies
+every audit log and cross-checks each site's log against the coordinator's. Each process is started through
+the public CLI, exactly as a hospital would run it.
 """
 
 from __future__ import annotations
@@ -274,11 +274,12 @@ def run(workdir: Path = typer.Option(Path("demo-run"), help="folder for the demo
                                            help="run this proposer too, on the same budget (repeatable)")) -> None:
     """Provision a federation on localhost and run a real multi-site strategy search."""
     known = ("llm", "random", "evolutionary", "tpe")
+    for name in [proposer, *baseline]:
+        if name not in known or (name == "llm" and name != proposer):
+            typer.echo(f"error: unknown demo proposer or baseline '{name}': use {', '.join(known)} "
+                       "(baselines: all but llm)", err=True)
+            raise typer.Exit(2)
     try:
-        for name in [proposer, *baseline]:
-            if name not in known or (name == "llm" and name != proposer):
-                raise RuntimeError(f"unknown demo proposer or baseline '{name}': use {', '.join(known)} "
-                                   "(baselines: all but llm)")
         summary = run_demo(workdir.resolve(), sites, rounds, k, samples, timeout, proposer,
                            [b for b in baseline if b != proposer])
     except RuntimeError as e:

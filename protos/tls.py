@@ -59,6 +59,7 @@ __all__ = [
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 # Tolerates a few minutes of clock skew between the issuer and the peers.
 _BACKDATE = dt.timedelta(minutes=5)
+_MAX_DAYS = 36_500  # 100 years: past any sensible validity, well inside the dates X.509 can hold
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?:\*\.)?(?:{_LABEL}\.)*{_LABEL}")
 _TlsKey = ec.EllipticCurvePrivateKey
@@ -204,8 +205,8 @@ def _now() -> dt.datetime:
 
 def init_ca(cert_dir: Path, name: str = "autodp-federation", days: int = 3650, force: bool = False) -> Path:
     """Create the federation CA in ``cert_dir``; returns the path of ``ca.crt``."""
-    if days < 1:
-        raise CertificateError("--days must be at least 1")
+    if not 1 <= days <= _MAX_DAYS:
+        raise CertificateError(f"--days must be between 1 and {_MAX_DAYS}")
     if not name.strip():
         raise CertificateError("the CA name must not be empty")
     cert_dir = Path(cert_dir)
@@ -289,8 +290,8 @@ def issue_certificate(
         raise CertificateError("a certificate must be for a server, a client or both")
     if not common_name or len(common_name) > 64:
         raise CertificateError("the common name must be 1 to 64 characters")
-    if days < 1:
-        raise CertificateError("--days must be at least 1")
+    if not 1 <= days <= _MAX_DAYS:
+        raise CertificateError(f"--days must be between 1 and {_MAX_DAYS}")
     cert_dir = Path(cert_dir)
     paths = CertPaths(
         cert=cert_dir / f"{prefix}.crt",

@@ -113,7 +113,10 @@ def make_toy_data(out: Path = typer.Option(..., help="JSONL file to write"),
     from site_agent.data.toy import make_toy_dataset
 
     batch, labels = make_toy_dataset(n, seed, noise_rate)
-    save_pairs(batch, out)
+    try:
+        save_pairs(batch, out)
+    except OSError as e:
+        raise _fail(f"{out}: cannot write ({type(e).__name__})") from None
     noisy = sum(label != "clean" for label in labels)
     typer.echo(f"wrote {n} toy pairs ({noisy} with injected noise) to {out}")
 

@@ -38,3 +38,14 @@ def test_a_bad_meta_agent_setting_is_one_line_and_exit_2(tmp_path: Path) -> None
 def test_search_without_a_search_section_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["search", "--config", str(write_config(tmp_path, None)), "--no-live"])
     assert result.exit_code == 2 and "no 'search' section" in result.output
+
+
+def test_report_to_an_unwritable_place_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    record = tmp_path / "record.json"
+    record.write_text('{"strategies": []}')
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = CliRunner().invoke(app, ["report", str(record), "--html", str(blocker / "report.html")])
+    assert result.exit_code == 2, result.output
+    assert "cannot write the report" in result.output and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # was a FileNotFoundError

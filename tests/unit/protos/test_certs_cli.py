@@ -67,3 +67,12 @@ def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     _ok("issue", "site", "hospital-a", "--dir", d, "--force")
     assert "not a PEM certificate" in _fails("show", str(tmp_path / "ca.key"))
     assert "not found" in _fails("show", str(tmp_path / "missing.crt"))
+
+
+def test_days_out_of_range_is_one_line_exit_2(tmp_path: Path) -> None:
+    d = str(tmp_path)
+    assert "--days" in _fails("init", "--dir", d, "--days", "99999999")  # past year 9999: was a traceback
+    assert "--days" in _fails("init", "--dir", d, "--days", "0")
+    _ok("init", "--dir", d)
+    assert "--days" in _fails("issue", "site", "hospital-a", "--dir", d, "--days", "99999999")
+    assert "--days" in _fails("issue", "coordinator", "--dir", d, "--days", "99999999")

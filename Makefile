@@ -42,6 +42,10 @@ test: $(STAMP) lint
 protos: $(STAMP)
 	$(PY) -m protos.generate
 
+# exits 1 when the committed stubs differ from what `make protos` would generate now
+check-protos: $(STAMP)
+	$(PY) -m protos.generate --check
+
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache
 

@@ -18,6 +18,7 @@ import json
 import logging
 import signal
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -67,6 +68,9 @@ def federated(
     batch_size: int = typer.Option(8, "--batch-size", min=1, max=1024),
     seed: int = typer.Option(0, "--seed", min=0, help="adapter initialisation (the same at every site) and "
                              "batch order"),
+    loss_mean: Literal["row", "token"] = typer.Option("row", "--loss-mean", help="how a step averages its "
+                                                      "loss: row (every row weighs the same) or token (every "
+                                                      "answer token does); sites with DP-SGD accept row only"),
     output: Path | None = typer.Option(None, "--output", "-o", help="folder of the final adapter "
                                        "(default: <state_dir>/federated/adapter)"),
     site_cert: list[str] = typer.Option([], "--site-cert", help="SITE=PATH of a site's certificate (default: "
@@ -93,7 +97,7 @@ def federated(
     certs = _site_certs(site_cert)
     try:
         settings = RoundSettings(local_steps=local_steps, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
-                                 seq_len=seq_len, batch_size=batch_size, seed=seed)
+                                 seq_len=seq_len, batch_size=batch_size, seed=seed, loss_mean=loss_mean)
     except ValidationError as e:
         loc, why, _ = first_error(e)
         raise _fail(f"option '{loc[0] if loc else 'settings'}': {why}") from None

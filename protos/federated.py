@@ -31,7 +31,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, ValidationError
@@ -62,6 +62,7 @@ __all__ = [
     "ExchangeKind",
     "Failure",
     "FederatedError",
+    "LossMean",
     "RoundInfo",
     "RoundSettings",
     "SettingsRefused",
@@ -89,6 +90,7 @@ FINAL_MESSAGE_TYPE = "query.final_adapter"
 # record keys of a message, config keys and metric keys
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 _SEARCH, _ROUND, _ROUNDS = "search-id", "server-round", "num-rounds"
+_LOSS_MEAN = "loss-mean"  # optional in a config record: absent means row (what coordinators before it sent)
 NUM_EXAMPLES, EPSILON = "num-examples", "epsilon"
 _MAX_ROUNDS = 1000
 # Flower error codes 0-8 are Flower's own; a site's failure is FAILURE_CODE_BASE + the Failure value.
@@ -156,12 +158,29 @@ def run_label(flower_run_id: int) -> str:
 
 # ---------------------------------------------------------------- settings
 
+class LossMean(IntEnum):
+    """The ``LossMean`` enum of federated_training.proto (same numbers): how a local step averages its loss."""
+
+    ROW = 0
+    TOKEN = 1
+
+    @property
+    def label(self) -> Literal["row", "token"]:
+        """The name the site's training loop and the command line use."""
+        return "token" if self is LossMean.TOKEN else "row"
+
+
 class RoundSettings(StrictModel):
     """What the coordinator asks every site to train with, each round (the site checks its own caps).
 
     LoRA targets every linear layer of the base model (``all-linear``), with dropout 0.05, AdamW at a
     constant learning rate; ``seed`` initialises the adapter (the same at every site) and, plus the
-    round number, orders the batches.
+    round number, orders the batches. ``loss_mean``: "row" (each row's mean answer-token loss weighs the
+    same) or "token" (the mean over the batch's answer tokens); a site with DP-SGD refuses "token".
+
+    In a config record ``loss_mean`` travels as its :class:`LossMean` number under ``loss-mean``, and only
+    when it is "token": a record without the key means "row", so coordinators and sites from before the
+    setting still train together as long as no one asks for token averaging.
     """
 
     local_steps: int = Field(default=20, ge=1, le=10_000, description="optimizer steps per site per round")
@@ -171,15 +190,27 @@ class RoundSettings(StrictModel):
     seq_len: int = Field(default=128, ge=8, le=8192)
     batch_size: int = Field(default=8, ge=1, le=1024)
     seed: int = Field(default=0, ge=0, lt=2**31)
+    loss_mean: Literal["row", "token"] = "row"
+
+    @property
+    def loss_mean_enum(self) -> LossMean:
+        return LossMean.TOKEN if self.loss_mean == "token" else LossMean.ROW
+
+    def _numbers(self) -> dict[str, int | float]:
+        return {k: v for k, v in self.model_dump().items() if k != "loss_mean"}
 
     def to_config(self) -> dict[str, int | float]:
-        return {name.replace("_", "-"): value for name, value in self.model_dump().items()}
+        out = {name.replace("_", "-"): value for name, value in self._numbers().items()}
+        if self.loss_mean_enum is not LossMean.ROW:
+            out[_LOSS_MEAN] = int(self.loss_mean_enum)
+        return out
 
     def to_pb(self) -> Any:
-        return pb.RoundSettings(**self.model_dump())
+        return pb.RoundSettings(**self._numbers(), loss_mean=int(self.loss_mean_enum))
 
 
-_SETTING_KEYS = frozenset(name.replace("_", "-") for name in RoundSettings.model_fields)
+# the numeric settings: every one must be in a round's config record
+_SETTING_KEYS = frozenset(name.replace("_", "-") for name in RoundSettings.model_fields if name != "loss_mean")
 
 
 @dataclass(frozen=True)
@@ -212,8 +243,9 @@ def _int(config: Mapping[str, Any], key: str, lo: int, hi: int) -> int:
 def parse_round_config(config: Mapping[str, Any], *, final: bool = False) -> RoundInfo:
     """Check a config record as received (known keys only, typed, bounded). Raises SettingsRefused."""
     expected = {_SEARCH, _ROUNDS, _ROUND} | (set() if final else set(_SETTING_KEYS))
-    if set(config) != expected:
-        unknown, missing = len(set(config) - expected), len(expected - set(config))
+    optional = set() if final else {_LOSS_MEAN}
+    if set(config) - optional != expected:
+        unknown, missing = len(set(config) - expected - optional), len(expected - set(config))
         raise SettingsRefused(f"config record has {unknown} unknown and {missing} missing keys")
     search = config[_SEARCH]
     if not isinstance(search, str) or not re.fullmatch(IDENT_PATTERN, search):
@@ -224,9 +256,15 @@ def parse_round_config(config: Mapping[str, Any], *, final: bool = False) -> Rou
         if rnd != rounds:
             raise SettingsRefused("the final adapter must carry the last round's number")
         return RoundInfo(search, rnd, rounds, None)
-    values = {k.replace("-", "_"): config[k] for k in _SETTING_KEYS}
+    values: dict[str, Any] = {k.replace("-", "_"): config[k] for k in _SETTING_KEYS}
     if any(type(v) not in (int, float) for v in values.values()):
         raise SettingsRefused("training settings must be numbers")
+    if _LOSS_MEAN in config:
+        code = config[_LOSS_MEAN]
+        if type(code) is not int or code not in set(LossMean):
+            choices = " or ".join(f"{int(m)} ({m.label})" for m in LossMean)
+            raise SettingsRefused(f"config '{_LOSS_MEAN}' must be {choices}")
+        values["loss_mean"] = LossMean(code).label
     try:
         settings = RoundSettings.model_validate(values)  # a float where an int belongs must be whole
     except ValidationError as e:
@@ -317,8 +355,10 @@ def describe_exchange(msg: Any) -> str:
     kind = ExchangeKind(msg.kind) if msg.kind in set(ExchangeKind) else None
     if kind is ExchangeKind.GLOBAL_ADAPTER:
         s = msg.settings
+        loss = LossMean(s.loss_mean).label if s.loss_mean in set(LossMean) else "unknown"
         return (f"Global LoRA adapter ({where}): {sizes}; train {s.local_steps} steps, lr {s.lr:g}, "
-                f"r {s.lora_r}, alpha {s.lora_alpha}, seq {s.seq_len}, batch {s.batch_size}, seed {s.seed}")
+                f"r {s.lora_r}, alpha {s.lora_alpha}, seq {s.seq_len}, batch {s.batch_size}, seed {s.seed}, "
+                f"loss mean per {loss}")
     if kind is ExchangeKind.ADAPTER_UPDATE:
         return f"LoRA adapter update ({where}): {sizes}; {msg.examples} training rows, DP-SGD epsilon {msg.epsilon:g}"
     if kind is ExchangeKind.FINAL_ADAPTER:

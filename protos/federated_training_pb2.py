@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/federated_training.proto\x12\x11\x61utodp.fedlora.v1\"\x87\x01\n\rRoundSettings\x12\x13\n\x0blocal_steps\x18\x01 \x01(\r\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x0e\n\x06lora_r\x18\x03 \x01(\r\x12\x12\n\nlora_alpha\x18\x04 \x01(\r\x12\x0f\n\x07seq_len\x18\x05 \x01(\r\x12\x12\n\nbatch_size\x18\x06 \x01(\r\x12\x0c\n\x04seed\x18\x07 \x01(\r\"\xca\x02\n\x0f\x41\x64\x61pterExchange\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tsearch_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12-\n\x04kind\x18\x04 \x01(\x0e\x32\x1f.autodp.fedlora.v1.ExchangeKind\x12\x16\n\x0e\x61\x64\x61pter_sha256\x18\x05 \x01(\x0c\x12\x0f\n\x07tensors\x18\x06 \x01(\r\x12\x12\n\nparameters\x18\x07 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x08 \x01(\x04\x12\x10\n\x08\x65xamples\x18\t \x01(\x04\x12\x0f\n\x07\x65psilon\x18\n \x01(\x01\x12\x32\n\x08settings\x18\x0b \x01(\x0b\x32 .autodp.fedlora.v1.RoundSettings\x12+\n\x07\x66\x61ilure\x18\x0c \x01(\x0e\x32\x1a.autodp.fedlora.v1.Failure*\xca\x01\n\x0c\x45xchangeKind\x12\x1d\n\x19\x45XCHANGE_KIND_UNSPECIFIED\x10\x00\x12 \n\x1c\x45XCHANGE_KIND_GLOBAL_ADAPTER\x10\x01\x12 \n\x1c\x45XCHANGE_KIND_ADAPTER_UPDATE\x10\x02\x12\x1f\n\x1b\x45XCHANGE_KIND_FINAL_ADAPTER\x10\x03\x12\x1b\n\x17\x45XCHANGE_KIND_FINAL_ACK\x10\x04\x12\x19\n\x15\x45XCHANGE_KIND_FAILURE\x10\x05*u\n\x07\x46\x61ilure\x12\x17\n\x13\x46\x41ILURE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46\x41ILURE_REFUSED\x10\x01\x12\x12\n\x0e\x46\x41ILURE_BUDGET\x10\x02\x12\x12\n\x0e\x46\x41ILURE_COHORT\x10\x03\x12\x14\n\x10\x46\x41ILURE_INTERNAL\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/federated_training.proto\x12\x11\x61utodp.fedlora.v1\"\xb7\x01\n\rRoundSettings\x12\x13\n\x0blocal_steps\x18\x01 \x01(\r\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x0e\n\x06lora_r\x18\x03 \x01(\r\x12\x12\n\nlora_alpha\x18\x04 \x01(\r\x12\x0f\n\x07seq_len\x18\x05 \x01(\r\x12\x12\n\nbatch_size\x18\x06 \x01(\r\x12\x0c\n\x04seed\x18\x07 \x01(\r\x12.\n\tloss_mean\x18\x08 \x01(\x0e\x32\x1b.autodp.fedlora.v1.LossMean\"\xca\x02\n\x0f\x41\x64\x61pterExchange\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tsearch_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12-\n\x04kind\x18\x04 \x01(\x0e\x32\x1f.autodp.fedlora.v1.ExchangeKind\x12\x16\n\x0e\x61\x64\x61pter_sha256\x18\x05 \x01(\x0c\x12\x0f\n\x07tensors\x18\x06 \x01(\r\x12\x12\n\nparameters\x18\x07 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x08 \x01(\x04\x12\x10\n\x08\x65xamples\x18\t \x01(\x04\x12\x0f\n\x07\x65psilon\x18\n \x01(\x01\x12\x32\n\x08settings\x18\x0b \x01(\x0b\x32 .autodp.fedlora.v1.RoundSettings\x12+\n\x07\x66\x61ilure\x18\x0c \x01(\x0e\x32\x1a.autodp.fedlora.v1.Failure*\xca\x01\n\x0c\x45xchangeKind\x12\x1d\n\x19\x45XCHANGE_KIND_UNSPECIFIED\x10\x00\x12 \n\x1c\x45XCHANGE_KIND_GLOBAL_ADAPTER\x10\x01\x12 \n\x1c\x45XCHANGE_KIND_ADAPTER_UPDATE\x10\x02\x12\x1f\n\x1b\x45XCHANGE_KIND_FINAL_ADAPTER\x10\x03\x12\x1b\n\x17\x45XCHANGE_KIND_FINAL_ACK\x10\x04\x12\x19\n\x15\x45XCHANGE_KIND_FAILURE\x10\x05*u\n\x07\x46\x61ilure\x12\x17\n\x13\x46\x41ILURE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46\x41ILURE_REFUSED\x10\x01\x12\x12\n\x0e\x46\x41ILURE_BUDGET\x10\x02\x12\x12\n\x0e\x46\x41ILURE_COHORT\x10\x03\x12\x14\n\x10\x46\x41ILURE_INTERNAL\x10\x04*2\n\x08LossMean\x12\x11\n\rLOSS_MEAN_ROW\x10\x00\x12\x13\n\x0fLOSS_MEAN_TOKEN\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.federated_training_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXCHANGEKIND']._serialized_start=526
-  _globals['_EXCHANGEKIND']._serialized_end=728
-  _globals['_FAILURE']._serialized_start=730
-  _globals['_FAILURE']._serialized_end=847
+  _globals['_EXCHANGEKIND']._serialized_start=574
+  _globals['_EXCHANGEKIND']._serialized_end=776
+  _globals['_FAILURE']._serialized_start=778
+  _globals['_FAILURE']._serialized_end=895
+  _globals['_LOSSMEAN']._serialized_start=897
+  _globals['_LOSSMEAN']._serialized_end=947
   _globals['_ROUNDSETTINGS']._serialized_start=55
-  _globals['_ROUNDSETTINGS']._serialized_end=190
-  _globals['_ADAPTEREXCHANGE']._serialized_start=193
-  _globals['_ADAPTEREXCHANGE']._serialized_end=523
+  _globals['_ROUNDSETTINGS']._serialized_end=238
+  _globals['_ADAPTEREXCHANGE']._serialized_start=241
+  _globals['_ADAPTEREXCHANGE']._serialized_end=571
 # @@protoc_insertion_point(module_scope)

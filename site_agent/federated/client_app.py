@@ -5,7 +5,8 @@ Every message from the coordinator is recorded in the site's audit log (an
 on, and every reply is recorded before it is returned. A training round:
 
 1. check the config record (:func:`~protos.federated.parse_round_config`), that it is this site's search
-   and run, and that the settings are within this site's bounds (``federated_training`` caps);
+   and run, and that the settings are within this site's bounds (``federated_training`` caps; with
+   DP-SGD, a loss averaged per row);
 2. build the local model on the first round, load the global adapter (names, shapes, float32, finite);
 3. refuse when the processed data is below the minimum cohort; with DP-SGD, reserve the round's epsilon
    in the privacy ledger (scope: the search id), refuse when it does not fit;
@@ -159,6 +160,9 @@ class SiteSession:
                                               ("lora_r", s.lora_r, caps.max_lora_r)) if value > cap]
         if over:
             raise RoundRefused(f"settings above this site's bounds: {', '.join(over)}")
+        if self.trainer_options.dp is not None and s.loss_mean != "row":
+            raise RoundRefused(f"loss mean '{s.loss_mean}' asked; this site trains with DP-SGD, which clips each "
+                               "row's gradient, so it averages the loss per row only")
 
     def _trainer_for(self, s: RoundSettings) -> LocalTrainer:
         if self.trainer is None:

@@ -3,8 +3,10 @@ loaded with each round's global adapter, trained for the round's local steps on 
 exported as float32 tensors named as PEFT names them (``base_model.model....lora_A.weight``).
 
 It reuses the LoRA evaluator's plain functions (:mod:`site_agent.evaluation.lora_train`): the same chat
-formatting, answer-only loss, integrity guards (only LoRA tensors change; the base weights are hashed
-before and after each round) and DP-SGD (Opacus, Poisson sampling, secret noise seed).
+formatting, answer-only loss (averaged per row or per token, as the round's ``loss_mean`` asks; with DP-SGD
+per row only, which the ClientApp checks before loading anything), integrity guards (only LoRA tensors
+change; the base weights are hashed before and after each round) and DP-SGD (Opacus, Poisson sampling,
+secret noise seed).
 
 The adapter starts with B = 0, so before any round the model *is* the base model: its held-out loss then
 is the base model's (:attr:`LocalTrainer.base_loss`), the yardstick for the final averaged adapter.
@@ -83,7 +85,8 @@ class LocalTrainer:
         self.template = TrainConfig(steps=first.local_steps, seq_len=first.seq_len, batch_size=first.batch_size,
                                     lr=first.lr, lora_r=first.lora_r, lora_alpha=first.lora_alpha,
                                     lora_dropout=_LORA_DROPOUT, target_modules=_TARGETS, seed=first.seed,
-                                    eval_batch_size=opts.eval_batch_size, dtype=opts.dtype, device=opts.device)
+                                    eval_batch_size=opts.eval_batch_size, dtype=opts.dtype, device=opts.device,
+                                    loss_mean=first.loss_mean)
         self.shape_key = (first.lora_r, first.lora_alpha, first.seq_len, first.seed)
         self.tok = load_tokenizer(opts.model_path)
         base = load_model(opts.model_path, resolve_dtype(opts.dtype, self.device), self.device)
@@ -137,7 +140,7 @@ class LocalTrainer:
     def train_round(self, settings: RoundSettings, round_no: int, run_id: str) -> TrainStats:
         """Train the adapter for ``settings.local_steps`` steps; the batch order depends on seed and round."""
         cfg = replace(self.template, steps=settings.local_steps, lr=settings.lr, batch_size=settings.batch_size,
-                      seed=(settings.seed + round_no) % 2**31)
+                      seed=(settings.seed + round_no) % 2**31, loss_mean=settings.loss_mean)
         dp_seed = 0
         if self.opts.dp is not None:
             assert self.opts.secret_dir is not None

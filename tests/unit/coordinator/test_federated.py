@@ -159,3 +159,38 @@ def test_the_final_adapter_loads_with_peft(tmp_path: Path) -> None:
     state = get_peft_model_state_dict(loaded)
     assert set(state) == set(arrays)
     assert all(np.array_equal(state[k].numpy(), arrays[k]) for k in arrays)
+
+
+def test_the_train_command_asks_for_the_loss_mean_it_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import coordinator.config
+    import coordinator.federated.launch
+    import protos.recipe
+    from coordinator.train_cli import app
+
+    asked: list[RoundSettings] = []
+
+    def fake_train(cfg: Any, search_id: str, rounds: int, settings: RoundSettings, opts: Any, say: Any) -> Any:
+        asked.append(settings)
+        return {"adapter": "a", "final_sha256": "0" * 64, "parameters": 1, "run_id": "flwr-1", "search_id": search_id,
+                "rounds": rounds, "sites": [], "final_delivery": {}}
+
+    recipe = SimpleNamespace(search_id="search-1", to_strategy=lambda: SimpleNamespace(describe=lambda: "no-op"))
+    monkeypatch.setattr(coordinator.config, "load_config", lambda _p: object())
+    monkeypatch.setattr(protos.recipe, "load_recipe", lambda _p: recipe)
+    monkeypatch.setattr(coordinator.federated.launch, "train_federated", fake_train)
+    base = ["federated", "-c", "c.yaml", "-r", "r.yaml", "-o", str(tmp_path)]
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        for extra, expected in (([], "row"), (["--loss-mean", "token"], "token"), (["--loss-mean", "row"], "row")):
+            result = CliRunner().invoke(app, base + extra)
+            assert result.exit_code == 0, result.output
+            assert asked[-1].loss_mean == expected
+        bad = CliRunner().invoke(app, [*base, "--loss-mean", "median"])
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    assert bad.exit_code == 2 and "'median' is not one of 'row', 'token'" in bad.output and len(asked) == 3

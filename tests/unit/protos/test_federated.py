@@ -15,6 +15,7 @@ from protos.audit import AuditLog, read_log, verify
 from protos.federated import (
     ExchangeKind,
     Failure,
+    LossMean,
     RoundSettings,
     SettingsRefused,
     adapter_digest,
@@ -50,6 +51,39 @@ def test_round_config_round_trips() -> None:
 def test_round_config_refuses(changes: dict[str, object]) -> None:
     with pytest.raises(SettingsRefused):
         parse_round_config(_config(**changes))
+
+
+def test_loss_mean_round_trips_through_config_and_pb() -> None:
+    token = SETTINGS.model_copy(update={"loss_mean": "token"})
+    config = {**round_config("search-1", 3, token), "server-round": 2}
+    assert config["loss-mean"] == 1 and type(config["loss-mean"]) is int
+    info = parse_round_config(config)
+    assert info.settings == token and info.settings.loss_mean == "token"
+    assert token.to_pb().loss_mean == pb.LOSS_MEAN_TOKEN == LossMean.TOKEN
+    assert SETTINGS.to_pb().loss_mean == pb.LOSS_MEAN_ROW == LossMean.ROW
+    # row is the zero value: a record of row settings is byte for byte what it was before the field existed
+    old = pb.RoundSettings(**SETTINGS.model_dump(exclude={"loss_mean"}))
+    assert SETTINGS.to_pb().SerializeToString(deterministic=True) == old.SerializeToString(deterministic=True)
+    assert pb.RoundSettings.FromString(old.SerializeToString()).loss_mean == pb.LOSS_MEAN_ROW
+
+
+def test_a_config_without_loss_mean_means_row() -> None:
+    """What a coordinator from before the setting sends (and what one sends now for row: an older site
+    accepts it)."""
+    config = _config()
+    assert "loss-mean" not in config
+    settings = parse_round_config(config).settings
+    assert settings is not None and settings.loss_mean == "row"
+    explicit = parse_round_config(_config(**{"loss-mean": 0})).settings
+    assert explicit is not None and explicit.loss_mean == "row"
+
+
+@pytest.mark.parametrize("value", [2, -1, True, 1.0, "token", None])
+def test_an_unknown_loss_mean_is_refused(value: object) -> None:
+    with pytest.raises(SettingsRefused, match=r"^config 'loss-mean' must be 0 \(row\) or 1 \(token\)$"):
+        parse_round_config(_config(**{"loss-mean": value}))
+    with pytest.raises(SettingsRefused, match="unknown"):  # the final adapter carries no settings
+        parse_round_config({**final_config("search-1", 3), "loss-mean": 0}, final=True)
 
 
 def test_round_config_refuses_missing_keys_and_a_final_that_is_not_last() -> None:
@@ -90,6 +124,8 @@ def test_adapter_problems() -> None:
 def test_enums_match_the_proto_and_failure_codes_are_ours() -> None:
     assert all(pb.ExchangeKind.Value(f"EXCHANGE_KIND_{k.name}") == k.value for k in ExchangeKind)
     assert all(pb.Failure.Value(f"FAILURE_{f.name}") == f.value for f in Failure)
+    assert all(pb.LossMean.Value(f"LOSS_MEAN_{m.name}") == m.value for m in LossMean)
+    assert set(pb.LossMean.values()) == {m.value for m in LossMean}
     for f in Failure:
         assert failure_from_code(f.code) is f and f.reason
     assert all(failure_from_code(code) is None for code in range(0, 9))  # Flower's own error codes
@@ -111,6 +147,10 @@ def test_records_are_deterministic_verify_in_a_log_and_read_in_plain_words(tmp_p
     assert again.SerializeToString(deterministic=True) == records[1].SerializeToString(deterministic=True)
     words = [describe_exchange(r) for r in records]
     assert "train 5 steps" in words[0] and "120 training rows" in words[1] and "epsilon 0.75" in words[1]
+    assert words[0].endswith("loss mean per row")
+    token = SETTINGS.model_copy(update={"loss_mean": "token"})
+    assert describe_exchange(exchange_record(ExchangeKind.GLOBAL_ADAPTER, run_id="flwr-1", search_id="s-1",
+                                             round=1, digest=d, settings=token)).endswith("loss mean per token")
     assert words[2].startswith("Final averaged") and "acknowledged" in words[3] and "budget" in words[4]
     with AuditLog.open(tmp_path / "log", Ed25519PrivateKey.generate(), "site", "hospital-a") as log:
         for r in records:

@@ -6,7 +6,9 @@ The phase is off by default."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +211,49 @@ def test_dp_sgd_rounds_are_charged_to_the_ledger_until_the_budget_runs_out(tmp_p
     assert abs(session.ledger.spent("search-1") - spent) < 1e-9  # the refused round spent nothing
     updates = [r for d, r in _records(tmp_path / "audit.log") if r.kind == ExchangeKind.ADAPTER_UPDATE]
     assert len(updates) == 1 and updates[0].epsilon == spent
+
+
+def test_token_averaging_trains_with_the_evaluator_loop_token_mean(tmp_path: Path, tiny: Path) -> None:
+    from site_agent.evaluation.lora_train import train
+
+    token = SETTINGS.model_copy(update={"loss_mean": "token", "local_steps": 4})
+    session = _session(tmp_path, tiny, rows=40)
+    # answers of different lengths (the rows fill seq_len otherwise, and both means are then the same)
+    answers = session.train_batch["answer"]
+    session.train_batch = {**session.train_batch, "answer": [a[:20 * (i % 4)] for i, a in enumerate(answers)]}
+    reply = make_client_app(session)(message=_message({}, _round(1, token)), context=None)  # type: ignore[arg-type]
+    assert not reply.has_error()
+    update = _arrays(reply)
+    assert _records(tmp_path / "audit.log")[0][1].settings.loss_mean == pb.LOSS_MEAN_TOKEN
+    trainer = session.trainer
+    assert trainer is not None
+    # the same round again from the seeded initialisation: with the round's settings but row averaging, and
+    # with the LoRA evaluator's own loop in token mode
+    trainer.load_adapter({})
+    trainer.train_round(token.model_copy(update={"loss_mean": "row"}), 1, f"flwr-{RUN}")
+    row = trainer.export()
+    trainer.load_adapter({})
+    cfg = replace(trainer.template, steps=4, lr=token.lr, batch_size=token.batch_size, seed=token.seed + 1,
+                  loss_mean="token")
+    train(trainer.model, trainer.rows, cfg, trainer.tok.pad_token_id)
+    by_hand = trainer.export()
+    assert all(np.array_equal(update[k], by_hand[k]) for k in update)
+    assert max(float(np.abs(update[k] - row[k]).max()) for k in update) > 1e-3
+
+
+def test_a_dp_sgd_site_refuses_token_averaging(tmp_path: Path, tiny: Path, caplog: pytest.LogCaptureFixture) -> None:
+    dp = DPSGDSettings(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-4, accountant="rdp")
+    privacy = PrivacySettings(min_cohort=10, total_epsilon=100.0, dp_sgd=dp, budget_scope="search")
+    session = _session(tmp_path, tiny, privacy=privacy, dp=True)
+    token = SETTINGS.model_copy(update={"loss_mean": "token"})
+    with caplog.at_level(logging.WARNING, logger="autodp.site.federated"):
+        reply = make_client_app(session)(message=_message({}, _round(1, token)), context=None)  # type: ignore[arg-type]
+    _assert_refused(reply, Failure.REFUSED, tmp_path / "audit.log")
+    assert session.trainer is None  # refused before the model was loaded
+    assert session.ledger is not None and session.ledger.spent("search-1") == 0
+    [record] = [r for r in caplog.records if r.name == "autodp.site.federated"]
+    assert record.exc_info is None and "\n" not in record.getMessage()
+    assert "loss mean 'token'" in record.getMessage() and "DP-SGD" in record.getMessage()
 
 
 def test_node_key_is_the_site_certificate_key_in_openssh_form(tmp_path: Path) -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import typer
@@ -113,12 +115,34 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
     return proc.wait(5)
 
 
+DEMO_MARKER = ".autodp-demo"
+
+
+class DemoFolderRefused(ValueError):
+    """The demo's folder holds something the demo did not make: it is not wiped."""
+
+
+def is_demo_folder(folder: Path) -> bool:
+    """Whether the demo may wipe ``folder``: empty, or made by a demo run (its marker, or for runs from before the
+    marker, the layout one leaves: certs/ca.crt, logs/ and search-report.json or a coordinator config)."""
+    if not folder.is_dir():
+        return False
+    if not any(folder.iterdir()) or (folder / DEMO_MARKER).is_file():
+        return True
+    return ((folder / "certs" / "ca.crt").is_file() and (folder / "logs").is_dir()
+            and ((folder / "search-report.json").is_file() or (folder / "coordinator.yaml").is_file()))
+
+
 def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeout_s: float,
              proposer: str = "llm", baselines: list[str] | None = None) -> dict[str, Any]:
     """Run the whole demo; return a summary (the e2e test reads it)."""
     if workdir.exists():
+        if not is_demo_folder(workdir):
+            raise DemoFolderRefused(f"{workdir} is not empty and not a demo folder: the demo wipes its folder first, "
+                                    "so give it a new or empty one (--workdir)")
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
+    (workdir / DEMO_MARKER).write_text("a folder autodp demo run made; the next run wipes it\n", encoding="utf-8")
     site_ids = [f"hospital-{chr(ord('a') + i)}" for i in range(sites)]
     port = free_port()
     coord_cfg = provision(workdir, site_ids, rounds, k, samples, port, proposer=proposer, baselines=baselines)
@@ -130,16 +154,17 @@ def run_demo(workdir: Path, sites: int, rounds: int, k: int, samples: int, timeo
     report = workdir / "search-report.json"
     logs = workdir / "logs"
     logs.mkdir()
-    coordinator = start_coordinator(coord_cfg, logs, command="search")
-    procs = {site: start_site(workdir, site, logs) for site in site_ids}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     agent = ("the bundled SmolLM2-135M meta-agent on this CPU (it picks each round's strategies among candidates "
              "bred from the best so far)" if proposer == "llm" else f"proposer '{proposer}'")
-    console.print(f"[bold]3.[/bold] Started the coordinator and {len(site_ids)} site agents as separate "
+    console.print(f"[bold]3.[/bold] Starting the coordinator and {len(site_ids)} site agents as separate "
                   f"processes on 127.0.0.1:{port}: up to {rounds} rounds x {k} strategies by {agent}"
                   + (f", then {', '.join(baselines)} on the same budget" if baselines else "")
                   + f"; process logs in {logs}")
     deadline = time.monotonic() + timeout_s
+    coordinator = start_coordinator(coord_cfg, logs, command="search")
     try:
+        procs.update((site, start_site(workdir, site, logs)) for site in site_ids)
         with console.status("sites preparing (embeddings, screening classifier), then the search runs ...") as status:
             while coordinator.poll() is None:
                 dead = [n for n, p in procs.items() if p.poll() is not None]
@@ -262,8 +287,13 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(f"See what left a site: autodp audit show {wd}/{summary['sites'][0]}/state/audit.log")
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 @app.command("run")
-def run(workdir: Path = typer.Option(Path("demo-run"), help="folder for the demo (wiped first)"),
+def run(workdir: Path = typer.Option(Path("demo-run"), help="folder for the demo: new, empty or an earlier "
+                                             "demo's (wiped first)"),
         sites: int = typer.Option(2, min=1, max=8), rounds: int = typer.Option(3, min=1, max=20),
         k: int = typer.Option(4, min=1, max=16, help="strategies per round"),
         samples: int = typer.Option(1000, min=100, max=50_000, help="training pairs per site"),
@@ -279,12 +309,19 @@ def run(workdir: Path = typer.Option(Path("demo-run"), help="folder for the demo
             typer.echo(f"error: unknown demo proposer or baseline '{name}': use {', '.join(known)} "
                        "(baselines: all but llm)", err=True)
             raise typer.Exit(2)
+    # a SIGTERM ends the demo as Ctrl-C does: the site and coordinator processes are stopped, not left behind
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         summary = run_demo(workdir.resolve(), sites, rounds, k, samples, timeout, proposer,
                            [b for b in baseline if b != proposer])
+    except DemoFolderRefused as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     except RuntimeError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(4) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print_summary(summary)
     (workdir / "demo-summary.json").write_text(json.dumps(summary, indent=2))
     ok = all(v["ok"] for v in summary["audit"]["verify"].values()) and all(

@@ -7,7 +7,11 @@ import signal
 import threading
 from types import FrameType
 
-__all__ = ["install_stop_handlers", "setup_logging"]
+__all__ = ["StopRequested", "install_abort_handlers", "install_stop_handlers", "setup_logging"]
+
+
+class StopRequested(BaseException):  # noqa: N818 (not an error: a request; BaseException so no broad except eats it)
+    """SIGTERM or SIGINT arrived while :func:`install_abort_handlers`' handlers were in place."""
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -20,6 +24,21 @@ def install_stop_handlers(stop: threading.Event) -> None:
     def _handler(signum: int, frame: FrameType | None) -> None:
         logging.getLogger("autodp").info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+
+
+def install_abort_handlers() -> None:
+    """For a process's start-up (embedding the data, training the screener: minutes on a large site): SIGTERM and
+    SIGINT raise :class:`StopRequested` in the main thread, so the work stops at once instead of running to its
+    end while a supervisor waits (compose and systemd kill after a grace period). What start-up writes is written
+    atomically, so a later start resumes from it. Replace them with :func:`install_stop_handlers` once the process
+    serves: from then on a stop finishes the current answer first."""
+    def _handler(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        logging.getLogger("autodp").info("received %s during start-up, stopping", name)
+        raise StopRequested(name)
 
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)

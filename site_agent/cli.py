@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from protos.errors import AutodpError
-from protos.runtime import install_stop_handlers, setup_logging
+from protos.runtime import StopRequested, install_abort_handlers, install_stop_handlers, setup_logging
 
 app = typer.Typer(help="Run and inspect a site agent (inside the hospital).", no_args_is_help=True)
 
@@ -37,11 +37,18 @@ def run(config: Path = CONFIG,
 
     setup_logging(verbose)
     stop = threading.Event()
-    install_stop_handlers(stop)
+    agent = None
+    install_abort_handlers()  # start-up (embeddings, screener) stops at once on SIGTERM / Ctrl-C
     try:
         agent = SiteAgent(load_config(config), stop)
+        install_stop_handlers(stop)  # from here on a stop finishes the current answer first
     except AutodpError as e:
         raise _fail(str(e)) from None
+    except StopRequested:
+        if agent is not None:
+            agent.close()
+        typer.echo("site stopped during start-up", err=True)
+        raise typer.Exit(0) from None
     try:
         done = agent.run(max_tasks=max_tasks)
     except CoordinatorRefused as e:

@@ -9,7 +9,8 @@ held-out loss) are written under ``--output`` (default ``<state_dir>/federated``
 
 Exit codes: 0 the run completed, 1 it ended without a final adapter (time-out, the coordinator's run
 failed), 2 bad input (config, recipe, data, federated training not enabled), 3 the SuperLink could not
-be reached or dropped this site.
+be reached or dropped this site. A stop (SIGTERM, Ctrl-C) while the site prepares ends the command at once (exit 0);
+once the SuperNode runs, it leaves the run cleanly.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import typer
 
 from protos.errors import AutodpError
 from protos.federated import FederatedError
-from protos.runtime import install_stop_handlers, setup_logging
+from protos.runtime import StopRequested, install_abort_handlers, install_stop_handlers, setup_logging
 
 __all__ = ["app", "join"]
 
@@ -64,7 +65,7 @@ def join(config: Path = typer.Option(..., "--config", "-c", help="the site's YAM
         for name in ("httpx", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
     stop = threading.Event()
-    install_stop_handlers(stop)
+    install_abort_handlers()  # preparing (processing the data, loading the model) stops at once on SIGTERM
     try:
         cfg = load_config(config)
         if not cfg.federated_training.enabled:
@@ -73,6 +74,7 @@ def join(config: Path = typer.Option(..., "--config", "-c", help="the site's YAM
         fed = cfg.federated_training
         with open_session(cfg, recipe, processed=processed, output=output,
                           progress=lambda m: typer.echo(m, err=True)) as (session, node_factory):
+            install_stop_handlers(stop)  # from here on a stop ends the SuperNode cleanly
             node = node_factory(superlink or fed.superlink)
             try:
                 node.run(stop, timeout or fed.timeout_s)
@@ -83,6 +85,9 @@ def join(config: Path = typer.Option(..., "--config", "-c", help="the site's YAM
             report = session.report
     except AutodpError as e:
         raise _fail(str(e)) from None
+    except StopRequested:
+        typer.echo("stopped before joining the training", err=True)
+        raise typer.Exit(0) from None
     if report is None:
         raise _fail("the run ended without a final adapter (see this site's log)", 1)
     typer.echo(json.dumps({k: report[k] for k in ("run_id", "search_id", "rounds_trained", "examples",

@@ -120,6 +120,41 @@ def test_the_command_refuses_a_site_that_did_not_enable_it(tmp_path: Path) -> No
     assert result.exit_code == 2 and "federated training is off" in result.output
 
 
+def test_a_sigterm_while_the_site_prepares_stops_the_command_at_once(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processing the data and loading the model can take minutes: a stop then does not wait for their end."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    import site_agent.federated.session
+    from site_agent.federated.cli import app
+
+    @contextlib.contextmanager
+    def preparing(*args: object, **kwargs: object) -> Iterator[None]:
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise AssertionError("preparing was not interrupted")
+        yield  # a generator, as open_session is
+
+    monkeypatch.setattr(site_agent.federated.session, "open_session", preparing)
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump({
+        "site_id": "h", "tls": {"cert": "c", "key": "k", "ca": "a"}, "audit_key": "a.key", "policy": "p.yaml",
+        "data": {"path": "d.jsonl"}, "federated_training": {"enabled": True}}))
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        t0 = time.monotonic()
+        result = CliRunner().invoke(app, ["join", "--config", str(tmp_path / "site.yaml"), "--recipe", "r.yaml"])
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert result.exit_code == 0, result.output
+    assert "stopped before joining the training" in result.output and time.monotonic() - t0 < 9
+
+
 def test_rounds_train_from_the_global_adapter_and_the_final_one_beats_the_base_model(tmp_path: Path,
                                                                                      tiny: Path) -> None:
     session = _session(tmp_path, tiny)

@@ -85,6 +85,7 @@ curves) under ``--out``. Prints counts, scores, win rates and times only.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -129,6 +130,7 @@ __all__ = ["AGENT", "BASELINES", "GOALS", "MODES", "PROPOSERS", "RoundLog", "Sea
            "undamaged_rows", "processed_rows", "recorded_agent", "regret", "search"]
 
 if TYPE_CHECKING:
+    from site_agent.data.benchmark.noise import LabelledRow
     from site_agent.evaluation.lora_train import TrainConfig
 
 log = logging.getLogger("autodp.bench")
@@ -481,16 +483,22 @@ def labelled_clean_rows(resources: SiteResources, train_file: Path) -> Batch | N
     return {col: [values[i] for i in keep] for col, values in resources.data.items()}
 
 
+@functools.lru_cache(maxsize=2)
+def _undamaged_build(pairs: int, sites: int, eval_per_site: int, seed: int) -> dict[str, list[LabelledRow]]:
+    """Every site's undamaged training rows of one build, built once for all the sites that ask (read only)."""
+    from site_agent.data.benchmark.build import build_rows
+
+    _, rows = build_rows(sites=sites, seed=seed, total_pairs=pairs, eval_per_site=eval_per_site, damage=False)
+    return {site: train for site, (train, _) in rows.items()}
+
+
 def undamaged_rows(resources: SiteResources, site: str, train_file: Path, *, pairs: int, sites: int,
                    eval_per_site: int, seed: int = 0) -> Batch | None:
     """The site's training rows as the generator made them before damaging any (``build_rows(damage=False)`` with
     the build's parameters): every fact of the site once, undamaged, in the loaded rows' order. None when they do
     not line up with the loaded rows (the rows labelled clean must be the very same), rather than a guess."""
-    from site_agent.data.benchmark.build import build_rows
-
     labels = _file_labels(resources, train_file)
-    _, rows = build_rows(sites=sites, seed=seed, total_pairs=pairs, eval_per_site=eval_per_site, damage=False)
-    plain = rows.get(site, ([], []))[0]
+    plain = _undamaged_build(pairs, sites, eval_per_site, seed).get(site, [])
     data = resources.data
     if labels is None or len(plain) != len(labels) or set(data) != {"instruction", "answer"}:
         return None

@@ -57,11 +57,16 @@ Modes (run times measured on the shared 2-core development box are in ``MODES``)
   minutes.
 - ``medium``: the quick build and search budget, 1 seed, LoRAs of the real bundled SmolLM2-135M on the
   first site only, for the picks the goals need (``llm``, ``random``, unprocessed): a reduced-scale probe.
-- ``full``: LoRAs of SmolLM2-135M on every site for every proposer's picks, several seeds.
+- ``full``: the quick build and search budget, 3 seeds of every proposer, LoRAs of SmolLM2-135M (40 steps) on
+  every site for every proposer's picks, the three references, and the searches' proxy as for the LoRA's fixed
+  training budget (``--proxy-budget-share`` 0.53, which ``bench_proxy`` found ranks closer to the LoRA): what
+  the 2-core box runs in about two hours.
+- ``gpu``: the scale first planned (2000 rows per site, 6 x 8 evaluations, 5 seeds, 150-step LoRAs at seq len
+  128): ~14 h on the 2-core box, for a machine with a GPU; not run.
 
     .venv/bin/python bench/bench_quality.py --mode quick    # make bench-quick; under 10 minutes on 2 cores
     .venv/bin/python bench/bench_quality.py --mode medium   # ~25 minutes on 2 cores
-    .venv/bin/python bench/bench_quality.py --mode full     # see MODES for its run time
+    .venv/bin/python bench/bench_quality.py --mode full     # make bench-quality; see MODES for its run time
 
 The meta-agent's settings: ``--agent FILE`` reads a YAML (or JSON) file holding one agent block, the keys of
 a search config's ``agent:`` section (``coordinator.config.AgentConfig``), e.g. a ``vllm serve`` endpoint::
@@ -170,6 +175,9 @@ class Mode:
     lora_sites: int = 0  # LoRAs on the first N sites only (0: every site)
     truth_build: str = ""  # ground_truth_<build>.json of bench_search for the same build ("": this mode's name)
     references: bool = True  # three more LoRAs per LoRA site: seed noise, labelled clean, undamaged (REFERENCES)
+    # the searches' quality proxy as for a fixed training budget that sees this share of the rows (0: its default
+    # score); the mode's LoRA steps x batch / rows per site ranks strategies closer to the LoRA (bench_proxy)
+    proxy_budget_share: float = 0.0
 
 
 # Measured 2026-12 on the shared 2-core development box (load average 2-5 from other processes).
@@ -181,6 +189,8 @@ _MEDIUM_TIME = ("~32 min alone on the shared 2-core development box: set-up, sea
                 "step, scoring the 50 held-out items; 20 min measured with 3 LoRAs at load average 2-6); 44 min "
                 "(2621 s) measured beside two other runs of this benchmark, ~520 s a LoRA; the third reference "
                 "(undamaged rows, added later) one LoRA more")
+_FULL_TIME = ("not measured yet: estimated ~2 h on the shared 2-core development box (about 20 SmolLM2 LoRAs of "
+              "40 steps, ~290 s each)")
 MODES = {
     # Same build as bench_search quick (1800 pairs, 3 sites, 50 held-out): its ground truth applies.
     "quick": Mode(pairs=1800, sites=3, eval_per_site=50, rounds=3, k=6, seeds=3, llm_seeds=2, model="tiny",
@@ -189,12 +199,18 @@ MODES = {
     "medium": Mode(pairs=1800, sites=3, eval_per_site=50, rounds=3, k=6, seeds=1, llm_seeds=1, model="smollm2",
                    lora_steps=40, seq_len=64, batch_size=8, lr=1e-3, run_time=_MEDIUM_TIME,
                    lora_proposers=("llm", "random"), lora_sites=1, truth_build="quick"),
-    "full": Mode(pairs=6000, sites=3, eval_per_site=100, rounds=6, k=8, seeds=5, llm_seeds=5, model="smollm2",
-                 lora_steps=150, seq_len=128, batch_size=8, lr=1e-3,
-                 run_time="not run yet; estimated ~14 h on the shared 2-core development box (a SmolLM2-135M "
-                          "LoRA step at batch 8, seq len 128 measured at 6-14 s there; up to 63 trainings x 150 "
-                          "steps; the meta-agent adds ~30-60 s a round, 30 rounds), well under an hour on a GPU "
-                          "(not measured)"),
+    # Every site, every proposer's picks, several seeds, the three references, the fixed-budget proxy: what the
+    # 2-core box can run in about two hours (the medium LoRA scale; the quick build, whose ground truth applies).
+    "full": Mode(pairs=1800, sites=3, eval_per_site=50, rounds=3, k=6, seeds=3, llm_seeds=3, model="smollm2",
+                 lora_steps=40, seq_len=64, batch_size=8, lr=1e-3, run_time=_FULL_TIME, truth_build="quick",
+                 proxy_budget_share=round(40 * 8 / 600, 2)),
+    # The scale the benchmark was first planned at: a GPU's work.
+    "gpu": Mode(pairs=6000, sites=3, eval_per_site=100, rounds=6, k=8, seeds=5, llm_seeds=5, model="smollm2",
+                lora_steps=150, seq_len=128, batch_size=8, lr=1e-3,
+                run_time="not run (no GPU lent to the project so far); estimated ~14 h on the shared 2-core "
+                         "development box (a SmolLM2-135M LoRA step at batch 8, seq len 128 measured at 6-14 s "
+                         "there; up to 63 trainings x 150 steps; the meta-agent adds ~30-60 s a round, 30 rounds), "
+                         "well under an hour on a GPU (not measured)"),
 }
 
 
@@ -601,10 +617,12 @@ def _scale_note(report: Mapping[str, Any]) -> str:
     m = report["mode_config"]
     if report["lora"]["model"] == "tiny":
         return " (tiny random-init model: a smoke test, not a quality claim)"
-    if report["mode"] == "full":
+    if report["mode"] == "gpu":
         return ""
+    scale = ("the 2-core box's full mode, not the GPU-scale one" if report["mode"] == "full"
+             else "a reduced-scale probe, not the full benchmark")
     return (f" ({report['lora']['model']}, {report['seeds']} seed(s), {m['lora_steps']} steps, LoRAs on "
-            f"{len(report['lora']['sites'])} site(s): a reduced-scale probe, not the full benchmark)")
+            f"{len(report['lora']['sites'])} site(s): {scale})")
 
 
 def _search_words(report: Mapping[str, Any]) -> str:
@@ -719,7 +737,14 @@ def _common_limits(report: Mapping[str, Any], per: Mapping[str, Any], best: str,
     if report["lora"]["model"] == "tiny":
         out.append("- The win rates come from a tiny random-init model trained for a few steps: whether they reach "
                    "a goal says nothing about quality. Medium and full mode (SmolLM2-135M) give numbers that count.")
-    elif report["mode"] != "full":
+    elif report["mode"] == "full":
+        out.append(f"- The 2-core box's scale: LoRAs of {report['mode_config']['lora_steps']} steps (batch "
+                   f"{report['mode_config']['batch_size']}, seq len {report['mode_config']['seq_len']}) on "
+                   f"{report['mode_config']['pairs'] // report['mode_config']['sites']} rows per site, "
+                   f"{report['seeds']} search seeds; the LoRA's own seed is 0 for every arm (the seed-noise "
+                   "reference shows what another LoRA seed alone moves). The GPU-scale mode (150 steps, seq len 128, "
+                   "2000 rows per site, 5 seeds) is not run.")
+    elif report["mode"] != "gpu":
         spread = ("one seed says nothing about the spread between searches" if report["seeds"] == 1
                   else f"{report['seeds']} seeds give a first look at the spread between searches, not its size")
         out.append(f"- Reduced scale: {report['seeds']} seed(s), LoRAs of {report['mode_config']['lora_steps']} steps "
@@ -846,8 +871,11 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
            f"**{'met' if report['run_s'] < 600 else 'not met'}**"] if report["mode"] == "quick" else []),
         "- medium mode (SmolLM2-135M LoRA, reduced scale): "
         + ("run, see above" if report["mode"] == "medium" else "a separate run, see `quality_medium.md`"),
-        "- full mode (SmolLM2-135M LoRA on every site and pick, several seeds): "
-        + ("run, see above" if report["mode"] == "full" else "**not run** (time; see its estimate under modes)"),
+        "- full mode (SmolLM2-135M LoRA on every site for every proposer's picks, several seeds, references): "
+        + ("run, see above" if report["mode"] == "full" else "a separate run, see `quality_full.md`"),
+        "- GPU-scale mode (150-step LoRAs, seq len 128, 2000 rows per site, 5 seeds): "
+        + ("run, see above" if report["mode"] == "gpu" else "**not run** (no GPU lent; see its estimate under "
+                                                             "modes)"),
         "",
         "## 1. Search at equal budget", "",
         f"Each search: {report['rounds']} rounds x {report['k']} = {report['rounds'] * report['k']} evaluations. "
@@ -973,10 +1001,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="what scores a strategy in the searches: the rule-based quality proxy (default) or the LoRA "
                          "evaluator with the mode's LoRA model and steps on each site's held-out set (the paper's "
                          "method; about one LoRA training per strategy and site)")
-    ap.add_argument("--proxy-budget-share", type=float, default=0.0, metavar="B",
+    ap.add_argument("--proxy-budget-share", type=float, default=None, metavar="B",
                     help="with the quality proxy: score as for a fixed training budget that sees a share B of the "
                          "rows (its budget_share option; e.g. the mode's LoRA steps x batch / rows per site); "
-                         "default 0: the proxy's default score")
+                         "0: the proxy's default score; default: the mode's (full: 0.53, the others: 0)")
     ap.add_argument("--lora-sites", metavar="NAMES",
                     help="comma-separated sites to train the LoRAs on (e.g. hospital-c, the site with the most "
                          "damaged rows); default: the mode's (medium: the first site, full: every site)")
@@ -998,6 +1026,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(s not in site_ids(mode.sites) for s in chosen_sites) or (args.lora_sites is not None and not chosen_sites):
         print(f"error: --lora-sites takes names from {', '.join(site_ids(mode.sites))}", file=sys.stderr)
         return 2
+    if args.proxy_budget_share is None:
+        args.proxy_budget_share = mode.proxy_budget_share
     if not 0.0 <= args.proxy_budget_share <= 1.0:
         print("error: --proxy-budget-share must be within [0, 1]", file=sys.stderr)
         return 2

@@ -357,3 +357,27 @@ def test_win_rates_by_site_get_a_table_when_there_are_several_lora_sites(bench: 
     assert "| proposer | hospital-a | hospital-b |" in text
     assert "| llm | 70%, -0.0200 | 80%, -0.1500 |" in text and "| random | 50%, +0.0000 | - |" in text
     assert bench._by_site_table({"llm": [{"hospital-a": [0.6, -0.01]}]}) == []  # one site: the pooled table says it
+
+
+def test_full_mode_runs_on_every_site_with_references_and_the_loras_budget(bench: ModuleType, tmp_path: Path) -> None:
+    import json
+
+    full = bench.MODES["full"]
+    assert full.model == "smollm2" and not full.lora_sites and set(full.lora_proposers) == set(bench.PROPOSERS)
+    assert full.references and full.seeds >= 3 and full.llm_seeds >= 3
+    # the proxy scores as for the LoRA's fixed training budget: steps x batch / rows per site
+    assert full.proxy_budget_share == pytest.approx(full.lora_steps * full.batch_size / (full.pairs // full.sites),
+                                                    abs=0.01)
+    assert all(not m.proxy_budget_share for n, m in bench.MODES.items() if n != "full")
+    assert "not run" in bench.MODES["gpu"].run_time
+    results = Path(__file__).resolve().parents[2] / "bench" / "results"
+    report = json.loads((results / "quality_medium-c.json").read_text(encoding="utf-8"))  # a real SmolLM2 report
+    for mode, full_line, gpu_line in (("medium", "a separate run, see `quality_full.md`", "**not run** (no GPU lent"),
+                                      ("full", "run, see above", "**not run** (no GPU lent")):
+        out = tmp_path / f"{mode}.md"
+        bench.write_markdown(out, {**report, "mode": mode})
+        goals = out.read_text(encoding="utf-8").split("## Goals")[1].split("## 1.")[0]
+        assert f"full mode (SmolLM2-135M LoRA on every site for every proposer's picks, several seeds, references): " \
+               f"{full_line}" in goals
+        assert f"GPU-scale mode (150-step LoRAs, seq len 128, 2000 rows per site, 5 seeds): {gpu_line}" in goals
+        assert ("the 2-core box's full mode" in goals) == (mode == "full")

@@ -865,7 +865,9 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
         f"{len(report['catalog'])} operators (no site-local LLM)",
         f"- LoRA: model {report['lora']['model']}, {m['lora_steps']} steps, batch {m['batch_size']}, seq len "
         f"{m['seq_len']}, lr {m['lr']}, seed 0 for every arm, on {', '.join(report['lora']['sites'])}; picks of "
-        f"{', '.join(report['lora']['proposers'])}", "",
+        f"{', '.join(report['lora']['proposers'])}; training loss averaged per "
+        + ("answer token of a batch (`--loss-mean token`)" if report.get("loss_mean") == "token"
+           else "row (each row's mean answer-token loss weighs the same)"), "",
         "## Goals", "", *_goal_lines(report),
         *([f"- quick mode under 10 minutes: {report['run_s']:.0f} s -> "
            f"**{'met' if report['run_s'] < 600 else 'not met'}**"] if report["mode"] == "quick" else []),
@@ -1011,6 +1013,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lora-proposers", metavar="NAMES",
                     help="comma-separated proposers whose picks get a LoRA and a win rate (default: the mode's; "
                          "medium: llm, random); each must also be run (--proposers)")
+    ap.add_argument("--loss-mean", choices=("row", "token"), default="row",
+                    help="how a LoRA step averages its loss (the LoRA evaluator's loss_mean option): every row's mean "
+                         "weighs the same (row, the default) or every answer token does (token, as transformers' "
+                         "Trainer does)")
     ap.add_argument("--no-references", action="store_true",
                     help="skip the three reference LoRAs per LoRA site (seed noise, labelled clean, undamaged): e.g. "
                          "when another run of the same mode has them")
@@ -1074,7 +1080,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             search_eval = {s: create_evaluator(
                 EvaluatorKind.LORA, eval_batch=r.eval_data, cache_dir=workdir / "lora-search" / s, model_path=folder,
                 steps=mode.lora_steps, seq_len=mode.seq_len, batch_size=mode.batch_size, lr=mode.lr, lora_dropout=0.0,
-                dtype="float32" if model_name == "tiny" else "auto", threads=1, isolate=False)
+                dtype="float32" if model_name == "tiny" else "auto", threads=1, isolate=False,
+                loss_mean=args.loss_mean)
                 for s, r in sites.items()}
         else:
             settings = ablation_settings()["dps+pts+crm"]
@@ -1125,7 +1132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if chosen_sites:
             lora_sites = chosen_sites
         cfg = TrainConfig(steps=mode.lora_steps, seq_len=mode.seq_len, batch_size=mode.batch_size, lr=mode.lr, seed=0,
-                          lora_dropout=0.0, dtype="float32" if model_name == "tiny" else "auto")
+                          lora_dropout=0.0, dtype="float32" if model_name == "tiny" else "auto",
+                          loss_mean=args.loss_mean)
 
         def losses(site: str, batch: Batch, run_cfg: TrainConfig = cfg) -> list[float] | None:
             eval_batch = sites[site].eval_data
@@ -1251,6 +1259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "agent_model": describe_agent(agent), "agent_fill": AgentConfig.model_validate(agent).fill,
         "sites": list(sites), "settings": settings.model_dump(mode="json"),
         "search_evaluator": args.search_evaluator, "proxy_budget_share": args.proxy_budget_share,
+        "loss_mean": args.loss_mean,
         "catalog": [c.name for c in catalog],
         "best_proposer": best, "goals": goals, "plot": str(plot), "llm": llm,
         "search": {"pooled_best": pooled, "per_proposer": per_proposer,

@@ -381,3 +381,18 @@ def test_full_mode_runs_on_every_site_with_references_and_the_loras_budget(bench
                f"{full_line}" in goals
         assert f"GPU-scale mode (150-step LoRAs, seq len 128, 2000 rows per site, 5 seeds): {gpu_line}" in goals
         assert ("the 2-core box's full mode" in goals) == (mode == "full")
+
+
+def test_the_report_says_how_the_loras_averaged_their_loss(bench: ModuleType, tmp_path: Path) -> None:
+    import json
+
+    results = Path(__file__).resolve().parents[2] / "bench" / "results"
+    report = json.loads((results / "quality_medium-c.json").read_text(encoding="utf-8"))
+    for loss_mean, words in ((None, "averaged per row"), ("row", "averaged per row"),
+                             ("token", "averaged per answer token of a batch (`--loss-mean token`)")):
+        out = tmp_path / f"{loss_mean}.md"
+        bench.write_markdown(out, {**report, **({"loss_mean": loss_mean} if loss_mean else {})})
+        assert f"training loss {words}" in out.read_text(encoding="utf-8")
+    with pytest.raises(SystemExit) as bad:  # argparse: one usage line, exit code 2
+        bench.main(["--loss-mean", "tokens", "--out", str(tmp_path / "bad")])
+    assert bad.value.code == 2 and not (tmp_path / "bad").exists()

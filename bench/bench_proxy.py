@@ -54,7 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the LoRA base loads bundled file
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_quality and bench_search beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests' tiny model
 
-from bench_common import RunInfo, provenance  # noqa: E402
+from bench_common import LOSS_MEAN_HELP, RunInfo, loss_mean_words, provenance  # noqa: E402
 from bench_quality import (  # noqa: E402
     labelled_clean_rows,
     lora_base,
@@ -236,8 +236,7 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
         f"- LoRA: model {report['model']}, {m['lora_steps']} steps, batch {m['batch_size']}, seq len {m['seq_len']}, "
         f"lr {m['lr']}, seeds {', '.join(str(s) for s in range(m['seeds']))} for every arm (seed {m['seeds']} for the "
         f"seed-noise reference); {m['eval_per_site']} held-out items per site; training loss averaged per "
-        + ("answer token of a batch (`--loss-mean token`)" if report.get("loss_mean") == "token"
-           else "row (each row's mean answer-token loss weighs the same)"),
+        + loss_mean_words(report),
         "- arms: each applied to all the site's training rows with PTS on, as `autodp site process` applies a "
         "recipe; proxy scores against the unprocessed rows; loss difference: the arm's LoRA minus the unprocessed "
         "rows' LoRA of the same seed, mean held-out loss (nats per token; negative: better)", ""]
@@ -299,8 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, help="LoRA seeds per arm (default: the mode's)")
     ap.add_argument("--model", help="override the mode's LoRA model: 'tiny', 'smollm2' or an HF folder")
     ap.add_argument("--loss-mean", choices=("row", "token"), default="row",
-                    help="how a LoRA step averages its loss (the LoRA evaluator's loss_mean option): every row's mean "
-                         "weighs the same (row, the default) or every answer token does (token)")
+                    help=LOSS_MEAN_HELP)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     mode = MODES[args.mode]

@@ -112,7 +112,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the meta-agent and the LoRA base
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_search beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests' tiny model
 
-from bench_common import RunInfo, provenance  # noqa: E402
+from bench_common import LOSS_MEAN_HELP, RunInfo, loss_mean_words, provenance  # noqa: E402
 from bench_search import ablation_settings, isolated, local_catalog, run_task  # noqa: E402
 
 from coordinator.agent import ProposalLog  # noqa: E402
@@ -867,8 +867,7 @@ def write_markdown(path: Path, report: Mapping[str, Any]) -> None:
         f"- LoRA: model {report['lora']['model']}, {m['lora_steps']} steps, batch {m['batch_size']}, seq len "
         f"{m['seq_len']}, lr {m['lr']}, seed 0 for every arm, on {', '.join(report['lora']['sites'])}; picks of "
         f"{', '.join(report['lora']['proposers'])}; training loss averaged per "
-        + ("answer token of a batch (`--loss-mean token`)" if report.get("loss_mean") == "token"
-           else "row (each row's mean answer-token loss weighs the same)"), "",
+        + loss_mean_words(report), "",
         "## Goals", "", *_goal_lines(report),
         *([f"- quick mode under 10 minutes: {report['run_s']:.0f} s -> "
            f"**{'met' if report['run_s'] < 600 else 'not met'}**"] if report["mode"] == "quick" else []),
@@ -1015,9 +1014,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="comma-separated proposers whose picks get a LoRA and a win rate (default: the mode's; "
                          "medium: llm, random); each must also be run (--proposers)")
     ap.add_argument("--loss-mean", choices=("row", "token"), default="row",
-                    help="how a LoRA step averages its loss (the LoRA evaluator's loss_mean option): every row's mean "
-                         "weighs the same (row, the default) or every answer token does (token, as transformers' "
-                         "Trainer does)")
+                    help=LOSS_MEAN_HELP)
     ap.add_argument("--no-references", action="store_true",
                     help="skip the three reference LoRAs per LoRA site (seed noise, labelled clean, undamaged): e.g. "
                          "when another run of the same mode has them")
